@@ -1,0 +1,60 @@
+"""Where the bench's data comes from: the user's root, ``data/<dataset>``, or a synthetic twin."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from rsseg.data.registry import PREPARERS, SYNTHESIZERS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    prepared: Path
+    raw: Path | None
+    synthetic: bool
+
+
+def _has_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _synthesize(dataset: str, dst: Path) -> None:
+    """Write the synthetic twin once; a partial earlier attempt is discarded, never reused."""
+    if dst.is_dir():
+        return
+    partial = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    log.info("writing synthetic %s data to %s", dataset, dst)
+    SYNTHESIZERS[dataset](partial)
+    partial.rename(dst)
+
+
+def resolve_prepared_root(dataset: str, data_root: str | None, cache: Path, prepare: dict) -> DataSource:
+    """A prepared root for ``dataset``, preparing raw data (idempotently) into ``cache`` if needed.
+
+    Order: ``data_root`` argument, ``$DATA_ROOT``, ``data/<dataset>`` if it has files, else synthetic.
+    """
+    root = data_root or os.environ.get("DATA_ROOT") or None
+    synthetic = False
+    if root is None and _has_files(Path("data") / dataset):
+        root = Path("data") / dataset
+    if root is None:
+        synthetic = True
+        root = cache / "synthetic" / dataset
+        _synthesize(dataset, root)
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"data root {root} does not exist")
+    if (root / "manifest.json").is_file():
+        return DataSource(prepared=root, raw=None, synthetic=synthetic)
+    tag = "synthetic" if synthetic else root.resolve().name
+    params = "-".join(f"{k}{v}" for k, v in sorted(prepare.items()))
+    prepared = cache / "prepared" / dataset / (f"{tag}-{params}" if params else tag)
+    PREPARERS[dataset](root, prepared, **prepare)
+    return DataSource(prepared=prepared, raw=root, synthetic=synthetic)

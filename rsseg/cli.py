@@ -1,0 +1,143 @@
+"""The ``rsseg`` command: LightningCLI for fit/validate/test/predict, plus prepare, synth and bench.
+
+``rsseg fit --config experiments/unet/potsdam.yaml`` runs the LightningCLI; the data-handling and
+benchmark commands are plain argparse front-ends over functions in :mod:`rsseg.data` and
+:mod:`rsseg.bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+LIGHTNING_COMMANDS = {
+    "fit": "train a model (LightningCLI; see `rsseg fit --help`)",
+    "validate": "evaluate on the validation split",
+    "test": "evaluate on the test split",
+    "predict": "predict label maps",
+}
+
+
+def _lightning_cli(args: Sequence[str], run: bool = True):
+    """Build the LightningCLI; model and datamodule are chosen by ``class_path``."""
+    from lightning import LightningDataModule
+    from lightning.pytorch.cli import LightningCLI
+
+    import rsseg.data  # noqa: F401  (short class names in configs)
+    from rsseg.tasks import SegmentationTask
+
+    class RssegCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    return RssegCLI(
+        SegmentationTask,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=list(args),
+        run=run,
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from rsseg.data.registry import PREPARERS, SYNTHESIZERS
+
+    parser = argparse.ArgumentParser(
+        prog="rsseg",
+        description="rsseg: remote-sensing segmentation benchmarks on PyTorch Lightning.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Training commands take a YAML config: rsseg fit --config experiments/unet/potsdam.yaml",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in LIGHTNING_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
+
+    prepare = sub.add_parser("prepare", help="cut an official dataset release into training patches")
+    prepare.add_argument("dataset", choices=sorted(PREPARERS))
+    prepare.add_argument("--src", required=True, help="folder with the extracted official archives")
+    prepare.add_argument("--dst", required=True, help="prepared root to create")
+    prepare.add_argument("--patch-size", type=int, default=1024)
+    prepare.add_argument("--stride", type=int, default=None, help="window stride (default: patch size)")
+    prepare.add_argument("--protocol", default="unetformer", help="split protocol (default: unetformer)")
+    prepare.add_argument("--test-labels", choices=("eroded", "full"), default="eroded",
+                         help="test split labels: eroded noBoundary (default, UNetFormer protocol) or full")
+    prepare.add_argument("--workers", type=int, default=1, help="tiles cut in parallel processes")
+    prepare.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+
+    synth = sub.add_parser("synth", help="write a small synthetic dataset in the official layout")
+    synth.add_argument("dataset", choices=sorted(SYNTHESIZERS))
+    synth.add_argument("dst", help="folder to write")
+    synth.add_argument("--seed", type=int, default=0)
+
+    bench = sub.add_parser(
+        "bench", help="train and test every applicable method; write a comparison",
+        epilog="Arguments after -- go to every method's LightningCLI, e.g. -- --trainer.max_steps 10",
+    )
+    bench.add_argument("dataset", choices=sorted(PREPARERS))
+    bench.add_argument("--data-root", default=None, help="raw or prepared root (default: synthetic data)")
+    bench.add_argument("--profile", default="smoke", help="experiment profile (default: smoke)")
+    bench.add_argument("--methods", default=None, help="comma-separated subset of methods")
+    bench.add_argument("--out", default="results/bench", help="results folder")
+    bench.add_argument("--cache", default=".cache/rsseg", help="folder for synthetic and prepared data")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        _lightning_cli(argv)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = _build_parser()
+    argv, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    args = parser.parse_args(argv)
+    if extra and args.command != "bench":
+        parser.error("arguments after -- are only accepted by `rsseg bench`")
+    args.lightning_args = extra
+    if args.command is None:
+        parser.print_help()
+        return 0
+
+    from rsseg.data.errors import DataError
+
+    try:
+        return _run_command(args)
+    except DataError as error:
+        print(f"rsseg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from rsseg.data.registry import PREPARERS, SYNTHESIZERS
+
+    if args.command == "prepare":
+        PREPARERS[args.dataset](
+            args.src,
+            args.dst,
+            patch_size=args.patch_size,
+            stride=args.stride,
+            protocol=args.protocol,
+            test_labels=args.test_labels,
+            workers=args.workers,
+            force=args.force,
+        )
+    elif args.command == "synth":
+        files = SYNTHESIZERS[args.dataset](args.dst, seed=args.seed)
+        print(f"wrote {len(files)} synthetic {args.dataset} files to {args.dst}")
+    elif args.command == "bench":
+        from rsseg.bench.runner import run_bench
+
+        methods = args.methods.split(",") if args.methods else None
+        run_bench(args.dataset, data_root=args.data_root, profile=args.profile, methods=methods,
+                  out=args.out, cache=args.cache, lightning_args=args.lightning_args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

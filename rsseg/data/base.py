@@ -1,0 +1,306 @@
+"""What every pre-tiled dataset shares: the patch dataset over a prepared root and its datamodule.
+
+A prepared root (see ``prepare.py``) holds ``<split>/images/<id>.png`` (RGB uint8),
+``<split>/masks/<id>.png`` (class indices, 255 = ignore) and a ``manifest.json`` listing each split's
+patches with their origin in the source tile. Samples stay uint8 through the albumentations transforms
+and are normalised last, so augmentation is cheap and masks are never interpolated.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import albumentations as A
+import lightning
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rsseg.data.errors import DataError
+from rsseg.data.io import read_image
+from rsseg.data.prepare import MANIFEST_FORMAT, MANIFEST_NAME, read_manifest
+from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def open_prepared_root(
+    root: str | Path, dataset: str, display_name: str | None = None, raw_pattern: str | None = None
+) -> dict[str, Any]:
+    """Read the manifest of a prepared root, explaining what to do when ``root`` is not one."""
+    root = Path(root)
+    display_name = display_name or dataset
+    prepare_hint = f"rsseg prepare {dataset} --src <downloaded files> --dst {root}"
+    if not root.is_dir():
+        raise DataError(f"{root}: folder does not exist; prepare {display_name} first with `{prepare_hint}`")
+    manifest = read_manifest(root)
+    if manifest is None:
+        if raw_pattern and next(root.rglob(raw_pattern), None) is not None:
+            raise DataError(
+                f"{root}: this is the raw {display_name} download, not a prepared root; run "
+                f"`rsseg prepare {dataset} --src {root} --dst <prepared>` and use <prepared> as root"
+            )
+        raise DataError(f"not a prepared {display_name} root: {root} (no {MANIFEST_NAME})")
+    if manifest.get("dataset") != dataset:
+        raise DataError(f"{root}: prepared for dataset {manifest.get('dataset')!r}, not {dataset!r}")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise DataError(
+            f"{root}: prepared by an incompatible rsseg version (format {manifest.get('format')!r}, "
+            f"expected {MANIFEST_FORMAT}); re-run `{prepare_hint} --force`"
+        )
+    return manifest
+
+
+def normalise(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 H×W×C → float32 C×H×W, scaled to 0–1 then standardised per band."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return tensor.sub_(mean_t).div_(std_t)
+
+
+def train_transform(
+    crop_size: int | None, augment: bool = True, ignore_index: int = IGNORE_INDEX
+) -> A.Compose | None:
+    """Random crop (padding images with 0 and masks with ignore), then flips and rot90 if ``augment``."""
+    steps: list[Any] = []
+    if crop_size is not None:
+        steps.append(A.RandomCrop(crop_size, crop_size, pad_if_needed=True, fill=0, fill_mask=ignore_index))
+    if augment:
+        steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
+    return A.Compose(steps) if steps else None
+
+
+class PreparedPatchDataset(Dataset):
+    """One split of a prepared root: sample = ``{"image", "mask", "meta"}`` (see DESIGN.md contracts).
+
+    ``meta`` describes the stored patch: ``id``, ``tile``, its origin ``y``/``x`` in the tile, the valid
+    (unpadded) ``height``/``width`` inside the patch and the tile size. Under a random crop it still
+    describes the patch the crop came from.
+    """
+
+    dataset_name: ClassVar[str] = ""
+    display_name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        transform: A.Compose | None = None,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        manifest: dict[str, Any] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.transform = transform
+        self.mean, self.std = mean, std
+        manifest = manifest or open_prepared_root(self.root, self.dataset_name, self.display_name)
+        if split not in manifest["patches"]:
+            raise DataError(
+                f"{self.root}: no {split!r} split in this prepared dataset "
+                f"(it has {', '.join(manifest['patches'])})"
+            )
+        self.patches: list[dict[str, Any]] = manifest["patches"][split]
+        self.ignore_index: int = manifest.get("ignore_index", IGNORE_INDEX)
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def image_path(self, index: int) -> Path:
+        return self.root / self.split / "images" / f"{self.patches[index]['id']}.png"
+
+    def mask_path(self, index: int) -> Path:
+        return self.root / self.split / "masks" / f"{self.patches[index]['id']}.png"
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        entry = self.patches[index]
+        image_path, mask_path = self.image_path(index), self.mask_path(index)
+        image, mask = read_image(image_path), read_image(mask_path)
+        if image.ndim != 3:
+            raise DataError(f"{image_path}: expected a multi-band image, got shape {image.shape}")
+        if mask.ndim != 2:
+            raise DataError(f"{mask_path}: expected a single-band index mask, got shape {mask.shape}")
+        if image.shape[:2] != mask.shape:
+            raise DataError(
+                f"size mismatch: {image_path} is {image.shape[0]}×{image.shape[1]} but "
+                f"{mask_path} is {mask.shape[0]}×{mask.shape[1]}"
+            )
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        meta = {
+            key: entry[key]
+            for key in ("id", "tile", "y", "x", "height", "width", "tile_height", "tile_width")
+        }
+        return {
+            "image": normalise(image, self.mean, self.std),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
+            "meta": meta,
+        }
+
+
+class PatchDataModule(lightning.LightningDataModule):
+    """Datamodule over a prepared root: splits come from its manifest, tiling was done by ``prepare``.
+
+    Subclasses set ``dataset_class`` (which names the dataset), ``raw_pattern`` (a file name that marks
+    the raw download, for a helpful error) and ``make_spec``. A protocol without a val split (e.g.
+    Potsdam "official") gets no val dataloader during fit, and ``validate`` raises a DataError. Under
+    DDP, val/test/predict loaders shard without padding, so every sample is counted exactly once.
+    """
+
+    dataset_class: ClassVar[type[PreparedPatchDataset]] = PreparedPatchDataset
+    raw_pattern: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 8,
+        num_workers: int = 4,
+        crop_size: int | None = 512,
+        protocol: str = "",
+        eval_batch_size: int | None = None,
+        augment: bool = True,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError("batch sizes must be at least 1")
+        if crop_size is not None and crop_size < 1:
+            raise ValueError(f"crop_size must be positive or None, got {crop_size}")
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.crop_size = crop_size
+        self.protocol = protocol
+        self.augment = augment
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.spec: DatasetSpec = self.make_spec(protocol)
+        self.num_classes: int = self.spec.num_classes
+        self.manifest: dict[str, Any] | None = None
+        self.train_dataset: PreparedPatchDataset | None = None
+        self.val_dataset: PreparedPatchDataset | None = None
+        self.test_dataset: PreparedPatchDataset | None = None
+        self.predict_dataset: PreparedPatchDataset | None = None
+
+    def make_spec(self, protocol: str, manifest: dict[str, Any] | None = None) -> DatasetSpec:
+        """The dataset's label and metric convention; ``manifest`` refines it after setup."""
+        raise NotImplementedError
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset_class.dataset_name
+
+    def load_manifest(self) -> dict[str, Any]:
+        if self.manifest is None:
+            cls = self.dataset_class
+            manifest = open_prepared_root(self.root, cls.dataset_name, cls.display_name, self.raw_pattern)
+            prepared = manifest["parameters"].get("protocol")
+            if prepared != self.protocol:
+                raise DataError(
+                    f"{self.root}: prepared with protocol {prepared!r} but protocol "
+                    f"{self.protocol!r} was requested; prepare another root with "
+                    f"--protocol {self.protocol} or request {prepared!r}"
+                )
+            self.manifest = manifest
+            self.spec = self.make_spec(self.protocol, manifest)
+            self._log_splits(manifest)
+        return self.manifest
+
+    def _dataset(self, split: str, transform: A.Compose | None = None) -> PreparedPatchDataset:
+        return self.dataset_class(self.root, split, transform=transform, manifest=self.load_manifest())
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = self.load_manifest()["patches"]
+        if stage in ("fit", None):
+            self.train_dataset = self._dataset(
+                "train", train_transform(self.crop_size, self.augment, self.spec.ignore_index)
+            )
+        if stage in ("fit", "validate", None):
+            if "val" in splits:
+                self.val_dataset = self._dataset("val")
+            elif stage == "validate":
+                raise DataError(
+                    f"{self.root}: protocol {self.protocol!r} has no val split; "
+                    "evaluate with `test`, or use a protocol with a val split"
+                )
+        if stage in ("test", None):
+            self.test_dataset = self._dataset("test")
+        if stage in ("predict", None):
+            self.predict_dataset = self._dataset("test")
+
+    def _log_splits(self, manifest: dict[str, Any]) -> None:
+        for split, info in manifest["splits"].items():
+            logger.info(
+                "%s (%s protocol) %s: %d tiles %s, %d patches, %s labels",
+                self.dataset_name,
+                self.protocol,
+                split,
+                info["num_tiles"],
+                info["tiles"],
+                info["num_patches"],
+                info["label_kind"],
+            )
+            if info.get("missing_tiles"):
+                logger.warning(
+                    "%s: %s split is incomplete, %d of %d protocol tiles prepared (missing %s); results are "
+                    "not comparable with published numbers",
+                    self.root,
+                    split,
+                    info["num_tiles"],
+                    info["num_tiles"] + len(info["missing_tiles"]),
+                    ", ".join(info["missing_tiles"]),
+                )
+
+    def _loader(self, dataset: PreparedPatchDataset, batch_size: int, train: bool) -> DataLoader:
+        sampler = None if train else self._unpadded_sampler(dataset)
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            sampler=sampler,
+            drop_last=train and len(dataset) > batch_size,
+            num_workers=workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
+        )
+
+    def _unpadded_sampler(self, dataset: PreparedPatchDataset) -> torch.utils.data.Sampler | None:
+        """Lightning's DistributedSampler pads eval sets with duplicates; shard without repeats instead."""
+        kwargs = getattr(self.trainer, "distributed_sampler_kwargs", None) if self.trainer else None
+        if not kwargs or kwargs.get("num_replicas", 1) <= 1:
+            return None
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=kwargs["num_replicas"], rank=kwargs["rank"], shuffle=False
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._require("train_dataset", "fit"), self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_dataset is None and "val" not in self.load_manifest()["patches"]:
+            return []  # the protocol has no val split: Lightning skips validation
+        return self._loader(self._require("val_dataset", "validate"), self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._require("test_dataset", "test"), self.eval_batch_size, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self._require("predict_dataset", "predict"), self.eval_batch_size, train=False)
+
+    def _require(self, attribute: str, stage: str) -> PreparedPatchDataset:
+        dataset = getattr(self, attribute)
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup({stage!r}) must run before its dataloader")
+        return dataset

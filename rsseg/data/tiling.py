@@ -1,0 +1,53 @@
+"""Cutting large tiles into fixed-size patches that cover every pixel.
+
+The grid starts at 0 and steps by ``stride`` until a window reaches the bottom/right edge, so the stride
+really applies (mmseg#2811 stepped by the patch size) and no remainder is dropped (torchgeo's patch
+extraction does). Windows that run past the edge are padded: images with 0, masks with the ignore
+index, never with a class value (GeoSeg's padding became "impervious surface").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def axis_starts(length: int, size: int, stride: int) -> list[int]:
+    """Window starts along one axis: 0, stride, 2·stride, … up to the first window reaching ``length``."""
+    starts = [0]
+    while starts[-1] + size < length:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
+def check_window(size: int, stride: int) -> None:
+    """ValueError unless 1 ≤ stride ≤ size: a larger stride would skip pixels."""
+    for name, value in (("size", size), ("stride", stride)):
+        if not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if stride > size:
+        raise ValueError(
+            f"stride ({stride}) must not exceed the patch size ({size}): pixels would be skipped"
+        )
+
+
+def patch_grid(height: int, width: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """Origins (y, x), row-major, of ``size``×``size`` windows covering a ``height``×``width`` raster."""
+    check_window(size, stride)
+    if min(height, width) < 1:
+        raise ValueError(f"raster size must be positive, got {height}×{width}")
+    return [(y, x) for y in axis_starts(height, size, stride) for x in axis_starts(width, size, stride)]
+
+
+def valid_extent(height: int, width: int, y: int, x: int, size: int) -> tuple[int, int]:
+    """Height and width of the part of the window at (y, x) that lies inside the raster."""
+    return min(size, height - y), min(size, width - x)
+
+
+def extract_patch(array: np.ndarray, y: int, x: int, size: int, fill: int) -> np.ndarray:
+    """The ``size``×``size`` window at (y, x) of an H×W or H×W×C array, padded bottom/right with ``fill``."""
+    window = array[y : y + size, x : x + size]
+    if window.shape[:2] == (size, size):
+        return window.copy()
+    patch = np.full((size, size, *array.shape[2:]), fill, dtype=array.dtype)
+    patch[: window.shape[0], : window.shape[1]] = window
+    return patch

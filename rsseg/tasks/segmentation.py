@@ -1,0 +1,211 @@
+"""Semantic segmentation as a LightningModule: loss, optimiser, schedule, evaluation, logging.
+
+Every semantic method (the smp baselines here, D2LS later) subclasses :class:`SegmentationTask` and
+only says how to build its network, so all of them report the same metric keys computed the same way.
+The metric convention (excluded classes, class names) comes from the datamodule's ``spec``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from segmentation_models_pytorch.losses import DiceLoss, SoftCrossEntropyLoss
+from torch import nn
+
+from rsseg.data.spec import IGNORE_INDEX
+from rsseg.metrics import SegmentationMetrics
+from rsseg.models.baselines import build_smp_model
+
+LOSSES = ("ce", "ce+dice")
+SCHEDULERS = ("cosine", "poly", "none")
+
+
+class SegmentationLoss(nn.Module):
+    """``ce``: cross-entropy; ``ce+dice``: soft CE (label smoothing) + Dice, the UNetFormer loss."""
+
+    def __init__(self, kind: str = "ce", ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0):
+        super().__init__()
+        if kind not in LOSSES:
+            raise ValueError(f"unknown loss {kind!r}; choose one of {LOSSES}")
+        self.kind = kind
+        self.ce = SoftCrossEntropyLoss(smooth_factor=label_smoothing, ignore_index=ignore_index)
+        self.dice = DiceLoss("multiclass", ignore_index=ignore_index) if kind == "ce+dice" else None
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = self.ce(logits, target)
+        if self.dice is not None:
+            loss = loss + self.dice(logits, target)
+        return loss
+
+
+class SegmentationTask(LightningModule):
+    """Shared training and evaluation for semantic segmentation (subclasses build the network).
+
+    Args:
+        num_classes: number of classes; the CLI fills it in from the datamodule.
+        ignore_index: label ignored by loss and metrics.
+        loss: ``"ce"`` or ``"ce+dice"``.
+        label_smoothing: smoothing of the cross-entropy targets.
+        lr, weight_decay: AdamW settings.
+        encoder_lr_mult: learning-rate factor for parameters returned by :meth:`encoder_parameters`.
+        scheduler: ``"cosine"``, ``"poly"`` (power 0.9) or ``"none"``, stepped per iteration.
+        warmup_steps: linear warm-up steps before the schedule.
+        exclude_from_mean: classes left out of mIoU/mF1 when no datamodule spec says otherwise.
+    """
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        loss: str = "ce",
+        label_smoothing: float = 0.0,
+        lr: float = 6e-4,
+        weight_decay: float = 0.01,
+        encoder_lr_mult: float = 1.0,
+        scheduler: str = "cosine",
+        warmup_steps: int = 0,
+        exclude_from_mean: tuple[int, ...] = (),
+    ):
+        super().__init__()
+        if num_classes is None or num_classes < 2:
+            raise ValueError(f"num_classes must be ≥ 2 (got {num_classes}); set model.init_args.num_classes")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
+        self.save_hyperparameters()
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.criterion = SegmentationLoss(loss, ignore_index, label_smoothing)
+        self.net = self.build_network()
+        self.val_metrics: SegmentationMetrics | None = None
+        self.test_metrics: SegmentationMetrics | None = None
+
+    # --- what subclasses provide -------------------------------------------------------------
+    def build_network(self) -> nn.Module:
+        raise NotImplementedError
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained at ``lr * encoder_lr_mult`` (none by default)."""
+        return []
+
+    # --- evaluation set-up from the dataset's convention -------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.val_metrics is None:
+            self.val_metrics = self._make_metrics()
+            self.test_metrics = self._make_metrics()
+
+    def _make_metrics(self) -> SegmentationMetrics:
+        spec = getattr(getattr(self, "trainer", None) and self.trainer.datamodule, "spec", None)
+        class_names, exclude = None, tuple(self.hparams.exclude_from_mean)
+        if spec is not None:
+            if spec.num_classes != self.num_classes:
+                raise ValueError(
+                    f"model has {self.num_classes} classes but dataset {spec.name} has {spec.num_classes}"
+                )
+            class_names, exclude = list(spec.classes), tuple(spec.exclude_from_mean)
+        return SegmentationMetrics(
+            self.num_classes, ignore_index=self.ignore_index, exclude_from_mean=exclude, class_names=class_names
+        )
+
+    # --- steps -------------------------------------------------------------------------------
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.criterion(logits, batch["mask"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, prefix: str) -> None:
+        logits = self(batch["image"])
+        loss = self.criterion(logits, batch["mask"])
+        self.log(f"{prefix}/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
+        metrics.update(logits.argmax(1), batch["mask"])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return {"pred": self(batch["image"]).argmax(1).to(torch.uint8), "meta": batch.get("meta")}
+
+    def _log_metrics(self, metrics: SegmentationMetrics, prefix: str) -> None:
+        values = {f"{prefix}/{k}": float(v) for k, v in metrics.compute().items()}
+        self.log(f"{prefix}/mIoU", values.pop(f"{prefix}/mIoU"), prog_bar=True)
+        self.log_dict(values)
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    # --- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        encoder = {id(p) for p in self.encoder_parameters()}
+        groups = [
+            {"params": [p for p in self.parameters() if id(p) not in encoder], "lr": hp.lr},
+            {"params": [p for p in self.parameters() if id(p) in encoder], "lr": hp.lr * hp.encoder_lr_mult},
+        ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=hp.weight_decay)
+        if hp.scheduler == "none" and hp.warmup_steps == 0:
+            return {"optimizer": optimizer}
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = _lr_lambda(hp.scheduler, hp.warmup_steps, total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _lr_lambda(kind: str, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if kind == "poly":
+            return (1 - progress) ** 0.9
+        return 1.0
+
+    return factor
+
+
+class SMPSegmentationTask(SegmentationTask):
+    """A segmentation-models-pytorch baseline (UNet, DeepLabV3+, SegFormer, …) as a task.
+
+    Args:
+        arch: smp architecture name (``unet``, ``deeplabv3plus``, ``segformer``, ``upernet``, …).
+        encoder: smp/timm encoder name (``resnet18``, ``mit_b0``, ``tu-convnext_tiny``, …).
+        encoder_weights: ``None`` (random, offline), an smp weight name such as ``"imagenet"``, or a
+            local encoder ``state_dict`` file.
+        in_channels: image bands.
+        arch_kwargs: extra keyword arguments of the smp architecture (e.g. ``decoder_channels``).
+    """
+
+    def __init__(
+        self,
+        arch: str = "unet",
+        encoder: str = "resnet18",
+        encoder_weights: str | None = None,
+        in_channels: int = 3,
+        arch_kwargs: dict[str, Any] | None = None,
+        **task_kwargs: Any,
+    ):
+        self._net_args = dict(
+            arch=arch, encoder=encoder, encoder_weights=encoder_weights, in_channels=in_channels,
+            **(arch_kwargs or {}),
+        )
+        super().__init__(**task_kwargs)
+
+    def build_network(self) -> nn.Module:
+        return build_smp_model(num_classes=self.num_classes, **self._net_args)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return list(self.net.encoder.parameters())

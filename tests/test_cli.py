@@ -1,0 +1,76 @@
+"""The `rsseg` command: LightningCLI subcommands, help, config errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rsseg.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+UNET = str(REPO / "experiments/unet/potsdam.yaml")
+SMOKE = str(REPO / "experiments/smoke/potsdam.yaml")
+
+
+def _tiny_args(root: Path, out: Path) -> list[str]:
+    return [
+        "--config", UNET, "--config", SMOKE,
+        "--data.init_args.root", str(root),
+        "--data.init_args.crop_size", "64",
+        "--data.init_args.batch_size", "2",
+        "--data.init_args.num_workers", "0",
+        "--model.init_args.arch_kwargs", '{"encoder_depth": 3, "decoder_channels": [32, 16, 8]}',
+        "--trainer.default_root_dir", str(out),
+        "--trainer.accelerator", "cpu",
+    ]
+
+
+def test_help_lists_every_subcommand():
+    out = subprocess.run([sys.executable, "-m", "rsseg.cli", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for command in ("fit", "validate", "test", "predict", "prepare", "synth", "bench"):
+        assert command in out
+
+
+def test_fit_fast_dev_run_then_test(tiny_potsdam, tmp_path):
+    main(["fit", *_tiny_args(tiny_potsdam, tmp_path), "--trainer.max_steps", "3",
+          "--trainer.check_val_every_n_epoch", "1"])
+    checkpoints = sorted(tmp_path.rglob("*.ckpt"))
+    assert checkpoints, "fit wrote no checkpoint"
+    main(["test", *_tiny_args(tiny_potsdam, tmp_path), "--ckpt_path", str(checkpoints[0])])
+
+
+def test_fast_dev_run_and_predict(tiny_potsdam, tmp_path):
+    main(["fit", *_tiny_args(tiny_potsdam, tmp_path), "--trainer.fast_dev_run", "true"])
+    main(["predict", *_tiny_args(tiny_potsdam, tmp_path), "--trainer.fast_dev_run", "true"])
+
+
+def test_seed_defaults_to_42_and_print_config(tiny_potsdam, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *_tiny_args(tiny_potsdam, tmp_path), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "seed_everything: 42" in printed
+    assert "class_path: rsseg.tasks.SMPSegmentationTask" in printed
+
+
+def test_unknown_config_key_is_named(tiny_potsdam, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  init_args:\n    learning_rate_typo: 0.1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "rsseg.cli", "fit", *_tiny_args(tiny_potsdam, tmp_path), "--config", str(config)],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode != 0
+    assert "learning_rate_typo" in result.stderr
+
+
+def test_prepare_reports_data_errors_cleanly(tmp_path, capsys):
+    code = main(["prepare", "potsdam", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "rsseg prepare: error" in err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,80 @@
+"""The shared segmentation task: it learns, and it evaluates with the dataset's convention."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from lightning import Trainer, seed_everything
+
+from rsseg.data.potsdam import PotsdamDataModule
+from rsseg.tasks import SMPSegmentationTask
+from rsseg.tasks.segmentation import _lr_lambda
+
+SMALL_UNET = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
+
+
+def _task(**kwargs) -> SMPSegmentationTask:
+    return SMPSegmentationTask(arch="unet", encoder="resnet18", num_classes=6, arch_kwargs=SMALL_UNET, **kwargs)
+
+
+def _datamodule(root) -> PotsdamDataModule:
+    return PotsdamDataModule(root, batch_size=4, crop_size=96, num_workers=0, pin_memory=False)
+
+
+def test_loss_decreases_on_synthetic_data(tiny_potsdam):
+    seed_everything(0)
+    data = _datamodule(tiny_potsdam)
+    data.setup("fit")
+    fixed = next(iter(torch.utils.data.DataLoader(data.val_dataset, batch_size=4)))
+    task = _task(lr=3e-3, scheduler="none", loss="ce")
+
+    def held_out_loss() -> float:
+        task.eval()
+        with torch.no_grad():
+            loss = float(task.criterion(task(fixed["image"]), fixed["mask"]))
+        task.train()
+        return loss
+
+    before = held_out_loss()
+    trainer = Trainer(max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      limit_val_batches=0, accelerator="cpu", enable_model_summary=False)
+    trainer.fit(task, datamodule=data)
+    after = held_out_loss()
+    assert after < 0.75 * before, (before, after)
+
+
+def test_evaluation_uses_dataset_convention(tiny_potsdam):
+    data = _datamodule(tiny_potsdam)
+    task = _task()
+    trainer = Trainer(logger=False, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
+    [result] = trainer.test(task, datamodule=data)
+    names = data.spec.classes
+    assert {f"test/IoU/{n}" for n in names} <= set(result)
+    kept = [result[f"test/IoU/{n}"] for i, n in enumerate(names) if i not in data.spec.exclude_from_mean]
+    kept = [v for v in kept if not math.isnan(v)]
+    assert result["test/mIoU"] == pytest.approx(sum(kept) / len(kept), abs=1e-6)
+    assert 0.0 <= result["test/OA"] <= 1.0
+
+
+def test_num_classes_mismatch_with_dataset_is_an_error(tiny_potsdam):
+    task = SMPSegmentationTask(arch="unet", encoder="resnet18", num_classes=4, arch_kwargs=SMALL_UNET)
+    trainer = Trainer(logger=False, accelerator="cpu", enable_progress_bar=False)
+    with pytest.raises(ValueError, match="4 classes"):
+        trainer.test(task, datamodule=_datamodule(tiny_potsdam))
+
+
+def test_schedules():
+    cosine = _lr_lambda("cosine", warmup=10, total=110)
+    assert cosine(0) == pytest.approx(0.1)
+    assert cosine(9) == pytest.approx(1.0)
+    assert cosine(60) == pytest.approx(0.5)
+    assert cosine(110) == pytest.approx(0.0)
+    poly = _lr_lambda("poly", warmup=0, total=100)
+    assert poly(50) == pytest.approx(0.5**0.9)
+
+
+def test_unknown_arch_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown smp architecture 'unett'"):
+        SMPSegmentationTask(arch="unett", num_classes=6)
