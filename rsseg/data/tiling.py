@@ -2,8 +2,10 @@
 
 The grid starts at 0 and steps by ``stride`` until a window reaches the bottom/right edge, so the stride
 really applies (mmseg#2811 stepped by the patch size) and no remainder is dropped (torchgeo's patch
-extraction does). Windows that run past the edge are padded: images with 0, masks with the ignore
-index, never with a class value (GeoSeg's padding became "impervious surface").
+extraction does). Two ways to cover the edge: ``edge="pad"`` lets the last window run past it and pads
+(images with 0, masks with the ignore index, never a class value: GeoSeg's padding became "impervious
+surface"); ``edge="align"`` moves the last window back to end at the edge, so windows only overlap
+more and nothing is padded unless the raster is smaller than one window.
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ def axis_starts(length: int, size: int, stride: int) -> list[int]:
     return starts
 
 
+def axis_starts_aligned(length: int, size: int, stride: int) -> list[int]:
+    """Like :func:`axis_starts`, but the last window ends exactly at ``length`` (when ``length`` ≥ ``size``)."""
+    starts = axis_starts(length, size, stride)
+    if length >= size:
+        starts[-1] = length - size
+        if len(starts) > 1 and starts[-1] == starts[-2]:
+            starts.pop()
+    return starts
+
+
 def check_window(size: int, stride: int) -> None:
     """ValueError unless 1 ≤ stride ≤ size: a larger stride would skip pixels."""
     for name, value in (("size", size), ("stride", stride)):
@@ -30,12 +42,15 @@ def check_window(size: int, stride: int) -> None:
         )
 
 
-def patch_grid(height: int, width: int, size: int, stride: int) -> list[tuple[int, int]]:
+def patch_grid(height: int, width: int, size: int, stride: int, edge: str = "pad") -> list[tuple[int, int]]:
     """Origins (y, x), row-major, of ``size``×``size`` windows covering a ``height``×``width`` raster."""
     check_window(size, stride)
     if min(height, width) < 1:
         raise ValueError(f"raster size must be positive, got {height}×{width}")
-    return [(y, x) for y in axis_starts(height, size, stride) for x in axis_starts(width, size, stride)]
+    if edge not in ("pad", "align"):
+        raise ValueError(f"edge must be 'pad' or 'align', got {edge!r}")
+    starts = axis_starts if edge == "pad" else axis_starts_aligned
+    return [(y, x) for y in starts(height, size, stride) for x in starts(width, size, stride)]
 
 
 def valid_extent(height: int, width: int, y: int, x: int, size: int) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from torch import nn
 from rsseg.data.spec import IGNORE_INDEX
 from rsseg.metrics import SegmentationMetrics
 from rsseg.models.baselines import build_smp_model
+from rsseg.models.sliding_window import sliding_window_logits
 
 LOSSES = ("ce", "ce+dice")
 SCHEDULERS = ("cosine", "poly", "none")
@@ -54,6 +55,10 @@ class SegmentationTask(LightningModule):
         scheduler: ``"cosine"``, ``"poly"`` (power 0.9) or ``"none"``, stepped per iteration.
         warmup_steps: linear warm-up steps before the schedule.
         exclude_from_mean: classes left out of mIoU/mF1 when no datamodule spec says otherwise.
+        inference_window: evaluate/predict images larger than this with sliding windows of this size
+            (None: one forward pass over the whole input).
+        inference_overlap: overlap of neighbouring windows in pixels.
+        inference_blend: ``"gaussian"`` (centre-weighted) or ``"uniform"`` blending of overlaps.
     """
 
     def __init__(
@@ -68,6 +73,9 @@ class SegmentationTask(LightningModule):
         scheduler: str = "cosine",
         warmup_steps: int = 0,
         exclude_from_mean: tuple[int, ...] = (),
+        inference_window: int | None = None,
+        inference_overlap: int = 0,
+        inference_blend: str = "gaussian",
     ):
         super().__init__()
         if num_classes is None or num_classes < 2:
@@ -113,6 +121,14 @@ class SegmentationTask(LightningModule):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
 
+    def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits at the input's size; sliding windows when the input exceeds ``inference_window``."""
+        window = self.hparams.inference_window
+        if window is None or max(image.shape[-2:]) <= window:
+            return self(image)
+        return sliding_window_logits(self, image, window, self.hparams.inference_overlap,
+                                     batch_size=image.shape[0], blend=self.hparams.inference_blend)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
@@ -120,7 +136,7 @@ class SegmentationTask(LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, prefix: str) -> None:
-        logits = self(batch["image"])
+        logits = self.predict_logits(batch["image"])
         loss = self.criterion(logits, batch["mask"])
         self.log(f"{prefix}/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
         metrics.update(logits.argmax(1), batch["mask"])
@@ -132,7 +148,7 @@ class SegmentationTask(LightningModule):
         self._eval_step(batch, self.test_metrics, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return {"pred": self(batch["image"]).argmax(1).to(torch.uint8), "meta": batch.get("meta")}
+        return {"pred": self.predict_logits(batch["image"]).argmax(1).to(torch.uint8), "meta": batch.get("meta")}
 
     def _log_metrics(self, metrics: SegmentationMetrics, prefix: str) -> None:
         values = {f"{prefix}/{k}": float(v) for k, v in metrics.compute().items()}
