@@ -56,6 +56,8 @@ def test_evaluation_uses_dataset_convention(tiny_potsdam):
     kept = [v for v in kept if not math.isnan(v)]
     assert result["test/mIoU"] == pytest.approx(sum(kept) / len(kept), abs=1e-6)
     assert 0.0 <= result["test/OA"] <= 1.0
+    wfm = [result[f"test/WFm/{n}"] for i, n in enumerate(names) if i not in data.spec.exclude_from_mean]
+    assert result["test/mWFm"] == pytest.approx(sum(wfm) / len(wfm), abs=1e-6)
 
 
 def test_num_classes_mismatch_with_dataset_is_an_error(tiny_potsdam):

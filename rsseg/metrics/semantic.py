@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -18,17 +19,25 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["SegmentationMetrics", "check_label_maps", "metrics_from_confusion_matrix"]
+from rsseg.metrics.wfmeasure import fixed_point_mean, per_class_wfm_update
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
-def check_label_maps(
-    preds: Tensor, target: Tensor, num_classes: int, ignore_index: int | None, validate_values: bool = True
-) -> tuple[Tensor, Tensor]:
-    """Validate ``preds`` (B×H×W labels or B×K×H×W scores) and ``target`` (B×H×W); return int64 label maps.
+def _wfm_pool(workers: int) -> ThreadPoolExecutor:
+    """One shared thread pool per worker count (metrics are created and reset often)."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rsseg-wfm")
+    return _POOLS[workers]
 
-    Raises ``ValueError`` naming the problem: wrong rank or shape, wrong dtype, NaN scores, predicted
-    labels outside ``[0, num_classes)``, or target labels that are neither a class nor ``ignore_index``.
-    """
+
+__all__ = ["SegmentationMetrics", "check_label_maps", "confusion_matrix", "metrics_from_confusion_matrix"]
+
+
+def check_label_maps(preds: Tensor, target: Tensor, num_classes: int, check_nan: bool = True) -> tuple[Tensor, Tensor]:
+    """Check ranks, shapes and dtypes of ``preds`` (B×H×W labels or B×K×H×W scores) and ``target``
+    (B×H×W labels); return both as int64 label maps. Scores are reduced by argmax (first maximum) and
+    rejected if they contain NaN. Values are checked by :func:`confusion_matrix`."""
     if not isinstance(preds, Tensor) or not isinstance(target, Tensor):
         raise ValueError(f"preds and target must be torch tensors, got {type(preds).__name__}, {type(target).__name__}")
     if target.ndim != 3:
@@ -42,9 +51,11 @@ def check_label_maps(
             raise ValueError(f"preds have {preds.shape[1]} channels but num_classes is {num_classes}")
         if preds.shape[:1] + preds.shape[2:] != target.shape:
             raise ValueError(f"preds shape {tuple(preds.shape)} does not match target shape {tuple(target.shape)}")
-        if validate_values and torch.isnan(preds).any():
+        # max(1) gives argmax's indices (first maximum) ~10x faster than argmax(1) on CPU, and NaN wins
+        # the max, so checking the B×H×W maxima finds any NaN score.
+        top, labels = preds.max(1)
+        if check_nan and top.isnan().any():
             raise ValueError("preds contain NaN")
-        labels = preds.argmax(1)
     elif preds.ndim == 3:
         if preds.is_floating_point() or preds.is_complex():
             raise ValueError(
@@ -53,25 +64,54 @@ def check_label_maps(
         if preds.shape != target.shape:
             raise ValueError(f"preds shape {tuple(preds.shape)} does not match target shape {tuple(target.shape)}")
         labels = preds.long()
-        if validate_values and labels.numel() and ((labels < 0) | (labels >= num_classes)).any():
-            bad = labels[(labels < 0) | (labels >= num_classes)].unique()[:5].tolist()
-            raise ValueError(f"preds contain labels outside [0, {num_classes}): {bad}")
     else:
         raise ValueError(f"preds must be B×H×W labels or B×K×H×W scores, got shape {tuple(preds.shape)}")
     if labels.device != target.device:
         raise ValueError(f"preds on {labels.device} but target on {target.device}")
-    target = target.long()
-    if validate_values and target.numel():
-        bad_mask = (target < 0) | (target >= num_classes)
-        if ignore_index is not None:
-            bad_mask &= target != ignore_index
+    return labels, target.long()
+
+
+def confusion_matrix(
+    labels: Tensor, target: Tensor, num_classes: int, ignore_index: int | None, validate: bool = True
+) -> Tensor:
+    """int64 K×K counts (rows = target, columns = prediction) of int64 label maps, on their device.
+
+    Target pixels equal to ``ignore_index`` are dropped. With ``validate`` any other label outside
+    ``[0, K)`` in target or prediction raises ``ValueError`` listing (up to 5 of) the offending values;
+    without it such pixels are silently dropped. The common case costs two min/max reductions and one
+    bincount over target·K + prediction, whose extra rows double as the check of the target values.
+    """
+    k = num_classes
+    if labels.numel() == 0:
+        return torch.zeros(k, k, dtype=torch.long, device=labels.device)
+    if validate:
+        lmin, lmax, tmin, tmax = torch.stack([*torch.aminmax(labels), *torch.aminmax(target)]).tolist()
+        if lmin < 0 or lmax >= k:
+            bad = labels[(labels < 0) | (labels >= k)].unique()[:5].tolist()
+            raise ValueError(f"preds contain labels outside [0, {k}): {bad}")
+        if tmin >= 0 and tmax < 1 << 16:
+            rows = max(tmax + 1, k)
+            counts = torch.bincount((target * k + labels).reshape(-1), minlength=rows * k).reshape(rows, k)
+            extra = counts[k:].sum(1)
+            if ignore_index is not None and k <= ignore_index < rows:
+                extra[ignore_index - k] = 0
+            if rows > k and bool(extra.any()):
+                bad = (extra.nonzero().reshape(-1) + k)[:5].tolist()
+                raise ValueError(
+                    f"target contains labels that are neither in [0, {k}) nor the ignore index {ignore_index}: {bad}"
+                )
+            return counts[:k]
+        valid = (target >= 0) & (target < k)
+        bad_mask = ~valid if ignore_index is None else ~valid & (target != ignore_index)
         if bad_mask.any():
             bad = target[bad_mask].unique()[:5].tolist()
             raise ValueError(
-                f"target contains labels that are neither in [0, {num_classes}) nor the ignore index "
-                f"{ignore_index}: {bad}"
+                f"target contains labels that are neither in [0, {k}) nor the ignore index {ignore_index}: {bad}"
             )
-    return labels, target
+    else:
+        valid = (target >= 0) & (target < k) & (labels >= 0) & (labels < k)
+    idx = torch.where(valid, target * k + labels, k * k)
+    return torch.bincount(idx.reshape(-1), minlength=k * k + 1)[: k * k].reshape(k, k)
 
 
 def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -157,7 +197,9 @@ class SegmentationMetrics(Metric):
     one-vs-rest (binary prediction ``pred == c`` against ``target == c``), averaged over images; see
     :func:`rsseg.metrics.wfmeasure.per_class_wfm_update` for the ignore and empty-class rules
     (``wfm_empty_gt="zero"``: an image without class c scores 0 for c, as pysodmetrics; ``"skip"``: it is
-    not counted for c). This runs per image on the CPU.
+    not counted for c). This runs per image on the CPU; with ``wfm_workers`` > 0 it runs in that many
+    background threads (OpenCV and numpy release the GIL), overlapping with the caller's next batches
+    (e.g. GPU inference), and is joined before ``compute``/``sync``.
     """
 
     is_differentiable = False
@@ -177,6 +219,7 @@ class SegmentationMetrics(Metric):
         per_class_wfm: bool = False,
         wfm_empty_gt: Literal["zero", "skip"] = "zero",
         validate_args: bool = True,
+        wfm_workers: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -216,40 +259,51 @@ class SegmentationMetrics(Metric):
         self.per_class_wfm = per_class_wfm
         self.wfm_empty_gt = wfm_empty_gt
         self.validate_args = validate_args
-        self.add_state(
-            "confmat", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum"
-        )
+        self.wfm_workers = wfm_workers
+        self._pending: list[Future] = []
+        self.add_state("confmat", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
         if per_class_wfm:
-            self.add_state("wfm_sum", torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state("wfm_sum", torch.zeros(num_classes, 2, dtype=torch.long), dist_reduce_fx="sum")
             self.add_state("wfm_count", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor) -> None:
-        labels, target = check_label_maps(preds, target, self.num_classes, self.ignore_index, self.validate_args)
-        k = self.num_classes
-        # Validated targets hold classes or the ignore index: the in-range mask drops exactly the ignored
-        # pixels. Without validation it also keeps out-of-range labels out of the matrix.
-        valid = (target >= 0) & (target < k)
-        if not self.validate_args:
-            valid &= (labels >= 0) & (labels < k)
-        idx = target[valid] * k + labels[valid]
-        counts = torch.bincount(idx.reshape(-1), minlength=k * k)
-        self.confmat += counts.reshape(k, k).to(self.confmat.device)
+        labels, target = check_label_maps(preds, target, self.num_classes, self.validate_args)
+        counts = confusion_matrix(labels, target, self.num_classes, self.ignore_index, self.validate_args)
+        self.confmat += counts.to(self.confmat.device)
         if self.per_class_wfm:
-            from rsseg.metrics.wfmeasure import per_class_wfm_update
+            args = (labels.cpu().clone(), target.cpu().clone(), self.num_classes, self.ignore_index, self.wfm_empty_gt)
+            if self.wfm_workers > 0:
+                self._pending.append(_wfm_pool(self.wfm_workers).submit(per_class_wfm_update, *args))
+            else:
+                self._add_wfm(*per_class_wfm_update(*args))
 
-            s, n = per_class_wfm_update(labels, target, k, self.ignore_index, self.wfm_empty_gt)
-            self.wfm_sum += torch.as_tensor(s, dtype=torch.float64, device=self.wfm_sum.device)
-            self.wfm_count += torch.as_tensor(n, dtype=torch.long, device=self.wfm_count.device)
+    def _add_wfm(self, sums: Tensor, counts: Tensor) -> None:
+        self.wfm_sum += sums.to(self.wfm_sum.device)
+        self.wfm_count += counts.to(self.wfm_count.device)
+
+    def _join_wfm(self) -> None:
+        """Fold finished background per-class WF results into the states (in submission order)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            self._add_wfm(*future.result())
+
+    def sync(self, *args, **kwargs) -> None:
+        self._join_wfm()
+        super().sync(*args, **kwargs)
+
+    def reset(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pending = []
+        super().reset()
 
     def compute(self) -> dict[str, float]:
+        self._join_wfm()
         out = metrics_from_confusion_matrix(self.confmat, self.class_names, self.exclude_from_mean, self.absent)
         if self.per_class_wfm:
-            s = self.wfm_sum.detach().cpu().numpy()
-            n = self.wfm_count.detach().cpu().numpy()
-            wfm = np.full(self.num_classes, math.nan)
-            np.divide(s, n, out=wfm, where=n > 0)
+            wfm = np.array(fixed_point_mean(self.wfm_sum, self.wfm_count))
             if self.absent == "zero":
-                wfm[n == 0] = 0.0
+                wfm[np.isnan(wfm)] = 0.0
             keep = [c for c in range(self.num_classes) if c not in self.exclude_from_mean and not np.isnan(wfm[c])]
             out["mWFm"] = float(np.mean(wfm[keep])) if keep else math.nan
             for c, name in enumerate(self.class_names):

@@ -59,6 +59,8 @@ class SegmentationTask(LightningModule):
             (None: one forward pass over the whole input).
         inference_overlap: overlap of neighbouring windows in pixels.
         inference_blend: ``"gaussian"`` (centre-weighted) or ``"uniform"`` blending of overlaps.
+        test_per_class_wfm: add per-class weighted F-measure (``WFm/<class>``, ``mWFm``) to the test
+            metrics; computed in ``wfm_workers`` background threads while inference goes on.
     """
 
     def __init__(
@@ -76,6 +78,8 @@ class SegmentationTask(LightningModule):
         inference_window: int | None = None,
         inference_overlap: int = 0,
         inference_blend: str = "gaussian",
+        test_per_class_wfm: bool = True,
+        wfm_workers: int = 2,
     ):
         super().__init__()
         if num_classes is None or num_classes < 2:
@@ -102,9 +106,9 @@ class SegmentationTask(LightningModule):
     def setup(self, stage: str) -> None:
         if self.val_metrics is None:
             self.val_metrics = self._make_metrics()
-            self.test_metrics = self._make_metrics()
+            self.test_metrics = self._make_metrics(per_class_wfm=self.hparams.test_per_class_wfm)
 
-    def _make_metrics(self) -> SegmentationMetrics:
+    def _make_metrics(self, per_class_wfm: bool = False) -> SegmentationMetrics:
         spec = getattr(getattr(self, "trainer", None) and self.trainer.datamodule, "spec", None)
         class_names, exclude = None, tuple(self.hparams.exclude_from_mean)
         if spec is not None:
@@ -114,7 +118,8 @@ class SegmentationTask(LightningModule):
                 )
             class_names, exclude = list(spec.classes), tuple(spec.exclude_from_mean)
         return SegmentationMetrics(
-            self.num_classes, ignore_index=self.ignore_index, exclude_from_mean=exclude, class_names=class_names
+            self.num_classes, ignore_index=self.ignore_index, exclude_from_mean=exclude, class_names=class_names,
+            per_class_wfm=per_class_wfm, wfm_workers=self.hparams.wfm_workers,
         )
 
     # --- steps -------------------------------------------------------------------------------
