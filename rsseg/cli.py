@@ -8,9 +8,11 @@ benchmark commands are plain argparse front-ends over functions in :mod:`rsseg.d
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
 from collections.abc import Sequence
+from unittest.mock import patch
 
 LIGHTNING_COMMANDS = {
     "fit": "train a model (LightningCLI; see `rsseg fit --help`)",
@@ -32,21 +34,23 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
         def add_arguments_to_parser(self, parser) -> None:
             parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
-    return RssegCLI(
-        SegmentationTask,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=42,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        args=list(args),
-        run=run,
-    )
+    # LightningCLI reads ``args``; sys.argv may hold another command's arguments (bench, pytest).
+    with patch.object(sys, "argv", sys.argv[:1]):
+        return RssegCLI(
+            SegmentationTask,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=42,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            args=list(args),
+            run=run,
+        )
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from rsseg.data.registry import PREPARERS, SYNTHESIZERS
+    from rsseg.data.registry import DATAMODULES, PREPARERS, SYNTHESIZERS
 
     parser = argparse.ArgumentParser(
         prog="rsseg",
@@ -63,10 +67,13 @@ def _build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--src", required=True, help="folder with the extracted official archives")
     prepare.add_argument("--dst", required=True, help="prepared root to create")
     prepare.add_argument("--patch-size", type=int, default=1024)
-    prepare.add_argument("--stride", type=int, default=None, help="window stride (default: patch size)")
-    prepare.add_argument("--protocol", default="unetformer", help="split protocol (default: unetformer)")
-    prepare.add_argument("--test-labels", choices=("eroded", "full"), default="eroded",
-                         help="test split labels: eroded noBoundary (default, UNetFormer protocol) or full")
+    prepare.add_argument("--stride", type=int, help="window stride (default: patch size)")
+    prepare.add_argument("--protocol", help="split protocol (default: the dataset's; ISPRS: unetformer)")
+    prepare.add_argument("--test-labels", choices=("eroded", "full"),
+                         help="ISPRS test labels: eroded noBoundary (default) or full")
+    prepare.add_argument("--bands", choices=("RGB", "IRRG", "RGBIR"), help="ISPRS image bands (Potsdam)")
+    prepare.add_argument("--strict", action="store_true", default=None,
+                         help="fail on unknown label colours instead of ignoring them (UAVid)")
     prepare.add_argument("--workers", type=int, default=1, help="tiles cut in parallel processes")
     prepare.add_argument("--force", action="store_true", help="rebuild even if already prepared")
 
@@ -79,7 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "bench", help="train and test every applicable method; write a comparison",
         epilog="Arguments after -- go to every method's LightningCLI, e.g. -- --trainer.max_steps 10",
     )
-    bench.add_argument("dataset", choices=sorted(PREPARERS))
+    bench.add_argument("dataset", choices=sorted(DATAMODULES), help="dataset with a plan in experiments/bench/")
     bench.add_argument("--data-root", default=None, help="raw or prepared root (default: synthetic data)")
     bench.add_argument("--profile", default="smoke", help="experiment profile (default: smoke)")
     bench.add_argument("--methods", default=None, help="comma-separated subset of methods")
@@ -114,11 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
 
+    from rsseg.bench.plan import PlanError
     from rsseg.data.errors import DataError
 
     try:
         return _run_command(args)
-    except DataError as error:
+    except (DataError, PlanError) as error:
         print(f"rsseg {args.command}: error: {error}", file=sys.stderr)
         return 2
 
@@ -127,16 +135,16 @@ def _run_command(args: argparse.Namespace) -> int:
     from rsseg.data.registry import PREPARERS, SYNTHESIZERS
 
     if args.command == "prepare":
-        PREPARERS[args.dataset](
-            args.src,
-            args.dst,
-            patch_size=args.patch_size,
-            stride=args.stride,
-            protocol=args.protocol,
-            test_labels=args.test_labels,
-            workers=args.workers,
-            force=args.force,
-        )
+        preparer = PREPARERS[args.dataset]
+        optional = {k: getattr(args, k) for k in ("protocol", "test_labels", "bands", "strict")}
+        optional = {k: v for k, v in optional.items() if v is not None}
+        unsupported = sorted(set(optional) - set(inspect.signature(preparer).parameters))
+        if unsupported:
+            names = ", ".join("--" + k.replace("_", "-") for k in unsupported)
+            print(f"rsseg prepare: error: {names} does not apply to {args.dataset}", file=sys.stderr)
+            return 2
+        preparer(args.src, args.dst, patch_size=args.patch_size, stride=args.stride, workers=args.workers,
+                 force=args.force, **optional)
     elif args.command == "synth":
         files = SYNTHESIZERS[args.dataset](args.dst, seed=args.seed)
         print(f"wrote {len(files)} synthetic {args.dataset} files to {args.dst}")

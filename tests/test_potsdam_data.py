@@ -306,6 +306,7 @@ def test_spec_declares_the_metric_convention():
     spec = potsdam_spec()
     assert spec.num_classes == 6 and spec.ignore_index == 255
     assert spec.exclude_from_mean == (5,) and spec.eroded_test_labels
+    assert potsdam_spec("official").exclude_from_mean == ()  # mmseg convention: clutter in the means
     assert not potsdam_spec(test_labels="full").eroded_test_labels
     with pytest.raises(ValueError, match="protocol"):
         potsdam_spec("mmseg")

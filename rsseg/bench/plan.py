@@ -12,6 +12,10 @@ from pathlib import Path
 import yaml
 
 
+class PlanError(ValueError):
+    """A missing or inconsistent bench plan (names the plan file)."""
+
+
 def default_experiments_dir() -> Path:
     """``./experiments`` when run from a checkout, else the one beside the installed package."""
     here = Path("experiments")
@@ -32,19 +36,19 @@ def load_plan(dataset: str, profile: str, methods: list[str] | None = None,
     experiments = experiments or default_experiments_dir()
     path = experiments / "bench" / f"{dataset}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"no bench plan for {dataset!r}: {path} is missing")
+        raise PlanError(f"no bench plan for {dataset!r}: {path} is missing")
     plan = yaml.safe_load(path.read_text())
     profiles = plan.get("profiles", {})
     if profile not in profiles:
-        raise ValueError(f"{path}: unknown profile {profile!r}; choose one of {sorted(profiles)}")
+        raise PlanError(f"{path}: unknown profile {profile!r}; choose one of {sorted(profiles)}")
     known = list(plan["methods"])
     unknown = sorted(set(methods or ()) - set(known))
     if unknown:
-        raise ValueError(f"{path}: methods {unknown} are not in this plan; choose from {known}")
+        raise PlanError(f"{path}: methods {unknown} are not in this plan; choose from {known}")
     configs = {m: experiments / m / f"{dataset}.yaml" for m in (methods or known)}
     for method, config in configs.items():
         if not config.is_file():
-            raise FileNotFoundError(f"{path}: method {method!r} has no config {config}")
+            raise PlanError(f"{path}: method {method!r} has no config {config}")
     chosen = profiles[profile] or {}
     overrides = chosen.get("config")
     return BenchPlan(

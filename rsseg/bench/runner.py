@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from unittest.mock import patch
 
 from rsseg.bench.plan import BenchPlan, load_plan
 from rsseg.bench.report import environment_info, majority_class_row, write_report
@@ -56,8 +54,7 @@ def run_method(method: str, config: Path, plan: BenchPlan, root: Path, run_dir: 
         "--trainer.logger", _wandb_logger(method_dir, group, method),
         *lightning_args,
     ]
-    with patch.object(sys, "argv", sys.argv[:1]):  # the bench's own arguments are not LightningCLI's
-        cli = _lightning_cli(args, run=False)
+    cli = _lightning_cli(args, run=False)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     timer = InferenceTimer()
     trainer.callbacks.append(timer)

@@ -40,7 +40,10 @@ from rsseg.data.isprs import ISPRS_CLASSES, ISPRS_PALETTE, encode_isprs_label
 from rsseg.data.synthetic.files import write_atomically, write_text_atomically
 from rsseg.data.synthetic.scene import MATERIAL_ISPRS_CLASS, render_scene
 
-__all__ = ["SYNTH_POTSDAM_TILES", "write_synthetic_potsdam", "render_synthetic_tile", "erode_label"]
+__all__ = [
+    "SYNTH_POTSDAM_TILES", "erode_label", "geotiff_tags", "render_synthetic_tile", "write_geotiff",
+    "write_synthetic_potsdam",
+]
 
 # tile id -> (height, width). Sizes are deliberately not multiples of 256/512 and differ per tile so
 # that tiling, padding and edge coverage are exercised.
@@ -83,24 +86,31 @@ def erode_label(label: np.ndarray, radius: int = BOUNDARY_RADIUS, ignore_index: 
     return np.where(lo == hi, label, np.uint8(ignore_index)).astype(np.uint8)
 
 
-def _geotags(tile_id: str) -> list[tuple]:
-    """Minimal GeoTIFF tags: 5 cm pixels, a tie point per tile, ETRS89 / UTM 32N."""
-    r, c = (int(x) for x in tile_id.split("_"))
-    easting = 776_000.0 + (c - 7) * 6000 * GSD  # the real tiles are 6000 px = 300 m apart
-    northing = 5_813_000.0 - (r - 2) * 6000 * GSD
+def geotiff_tags(easting: float, northing: float, gsd: float, epsg: int) -> list[tuple]:
+    """Minimal GeoTIFF tags for tifffile's ``extratags``: square ``gsd`` pixels, the upper-left corner
+    at (``easting``, ``northing``), a projected CRS ``epsg`` in metres."""
     geokeys = (1, 1, 0, 4,  # version 1.1.0, 4 keys
                1024, 0, 1, 1,  # GTModelTypeGeoKey = ModelTypeProjected
                1025, 0, 1, 1,  # GTRasterTypeGeoKey = RasterPixelIsArea
-               3072, 0, 1, EPSG,  # ProjectedCSTypeGeoKey
+               3072, 0, 1, epsg,  # ProjectedCSTypeGeoKey
                3076, 0, 1, 9001)  # ProjLinearUnitsGeoKey = metre
     return [
-        (33550, 12, 3, (GSD, GSD, 0.0), True),  # ModelPixelScaleTag
+        (33550, 12, 3, (gsd, gsd, 0.0), True),  # ModelPixelScaleTag
         (33922, 12, 6, (0.0, 0.0, 0.0, easting, northing, 0.0), True),  # ModelTiepointTag
         (34735, 3, len(geokeys), geokeys, True),  # GeoKeyDirectoryTag
     ]
 
 
-def _write_tiff(path: Path, array: np.ndarray, tags: list[tuple], compress: bool) -> None:
+def _geotags(tile_id: str) -> list[tuple]:
+    """Potsdam's tags: 5 cm pixels, a tie point per tile, ETRS89 / UTM 32N."""
+    r, c = (int(x) for x in tile_id.split("_"))
+    easting = 776_000.0 + (c - 7) * 6000 * GSD  # the real tiles are 6000 px = 300 m apart
+    northing = 5_813_000.0 - (r - 2) * 6000 * GSD
+    return geotiff_tags(easting, northing, GSD, EPSG)
+
+
+def write_geotiff(path: Path, array: np.ndarray, tags: list[tuple], compress: bool) -> None:
+    """A contiguous 3-band uint8 (Geo)TIFF, written atomically; zlib-compressed if ``compress``."""
     write_atomically(path, lambda tmp: tifffile.imwrite(
         tmp, np.ascontiguousarray(array), photometric="rgb", planarconfig="contig",
         compression="zlib" if compress else None, metadata=None, extratags=tags))
@@ -157,7 +167,7 @@ def write_synthetic_potsdam(dst: str | Path, seed: int = 0, tiles: dict | None =
             (dst / ERODED_DIR / f"{stem}_label_noBoundary.tif", encode_isprs_label(erode_label(label)), True),
         )
         for path, array, compress in files:
-            _write_tiff(path, array, tags, compress)
+            write_geotiff(path, array, tags, compress)
         return [f[0] for f in files]
 
     # Tiles are independent (one generator each), so threads change nothing in the output; numpy and

@@ -262,7 +262,8 @@ class _Scene:
         if kind == "flat":
             shade = np.ones_like(du)
             detail += np.where(edge < 7, 22.0, 0.0)  # parapet
-            for _ in range(self.rng.integers(0, 4)):  # vents / skylights / HVAC boxes
+            vents = self.rng.integers(0, 4) if min(length, width) > 80 else 0  # narrow roofs have none
+            for _ in range(vents):  # vents / skylights / HVAC boxes
                 bu = self.rng.uniform(-length / 2 + 40, length / 2 - 40)
                 bv = self.rng.uniform(-width / 2 + 40, width / 2 - 40)
                 hw = self.rng.uniform(8, 22, size=2)

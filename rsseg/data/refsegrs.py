@@ -1,0 +1,414 @@
+"""RefSegRS referring segmentation (zhu-xlab RRSIS, TGRS 2024): expressions, masks, tokens, datamodule.
+
+Official layout (``RefSegRS.zip`` from huggingface.co/datasets/JessicaYuan/RefSegRS; the HF preview has
+no masks or text, zhu-xlab/rrsis#1; datasets.md §5)::
+
+    root/images/<id>.tif              RGB aerial tile, 512×512
+    root/masks/<id>.tif               the referred object's mask, 0 / 255-ish
+    root/output_phrase_train.txt      2,172 expressions
+    root/output_phrase_val.txt          431
+    root/output_phrase_test.txt       1,817
+
+Phrase files: one expression per line, ``<id> <referring expression>``: the id is everything before the
+first whitespace and names ``images/<id>.tif`` and ``masks/<id>.tif``; the rest of the line, stripped,
+is the sentence. Blank lines are skipped; a line with an id but no sentence, or an id that is not a
+plain file name, is a DataError naming the file and line. Lines sharing an id are several sentences for
+one object (same image, same mask), grouped in order of first appearance.
+
+Samples (DESIGN.md contracts): ``image`` float32 3×S×S (ImageNet-normalised), ``mask`` int64 S×S in
+{0,1} (no ignore: every pixel is target or not), ``text`` (the raw sentence), ``input_ids`` and
+``attention_mask`` int64 of length ``max_tokens``, and ``meta`` with ``id`` (image = object id),
+``sentence_index`` (which of the object's sentences), ``num_sentences``, ``line`` (in the phrase file)
+and the native ``height``/``width``.
+
+* Masks: foreground = value > 50 (the LAVT-lineage loaders; another uses > 0); RGB-saved masks count a
+  pixel when any channel is > 50, and 0/1 masks are kept as they are (``chn6cug.binarise_mask``).
+* Resolution: ``image_size=480`` resizes image (bilinear) and mask (nearest) to 480×480 with PIL, as the
+  LAVT/RMSIN transforms do, so metrics on ``mask`` follow the LAVT protocol (evaluated at 480², not native).
+  ``image_size=None`` keeps the native 512². ``native_mask=True`` adds ``mask_native`` (int64, native size)
+  so a task can upsample its logits and score at native resolution while the model still sees 480².
+* Tokens: ``transformers.AutoTokenizer`` by hub name or local folder (default ``bert-base-uncased``),
+  ``max_tokens=20``, padded with [PAD] and truncated by the tokenizer, so a long sentence keeps its final
+  [SEP] (LAVT slices the encoding instead and can drop it; the two agree for every sentence of at most
+  ``max_tokens - 2`` word pieces, and RefSegRS expressions are short rule-generated phrases). All sentences
+  are tokenised once when the dataset is built, so workers never load the tokenizer.
+* Training (``eval_mode=False``): one item per object with one of its sentences drawn at random on each
+  access (torch RNG, seeded per worker). Evaluation (``eval_mode=True``): one item per (object, sentence),
+  every sentence, so every expression is scored once.
+* No geometric augmentation: flips and rotations would contradict "on the left" / "at the top";
+  ``augment=True`` only jitters brightness and contrast.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD, PatchDataModule, normalise
+from rsseg.data.chn6cug import binarise_mask
+from rsseg.data.errors import DataError
+from rsseg.data.io import read_image
+from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
+
+logger = logging.getLogger(__name__)
+
+DATASET = "refsegrs"
+CLASSES = ("background", "target")
+PALETTE = ((0, 0, 0), (255, 255, 255))
+SPLITS = ("train", "val", "test")
+MASK_THRESHOLD = 51  # foreground = value > 50, as the LAVT-lineage RefSegRS loaders
+DEFAULT_TOKENIZER = "bert-base-uncased"
+DEFAULT_MAX_TOKENS = 20
+LAVT_IMAGE_SIZE = 480
+PROTOCOL = "official"
+_BAD_ID = re.compile(r"[/\\]|^\.\.?$")
+
+
+def phrase_file(root: str | Path, split: str) -> Path:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return Path(root) / f"output_phrase_{split}.txt"
+
+
+def refsegrs_spec(protocol: str = PROTOCOL) -> DatasetSpec:
+    """Label and metric convention of RefSegRS: binary target/background, LAVT-style referring metrics."""
+    if protocol != PROTOCOL:
+        raise ValueError(f"unknown RefSegRS protocol {protocol!r}; the only one is {PROTOCOL!r}")
+    return DatasetSpec(
+        name=DATASET,
+        classes=CLASSES,
+        palette=PALETTE,
+        protocol=protocol,
+        ignore_index=IGNORE_INDEX,
+        exclude_from_mean=(),
+        notes={
+            "task": "referring segmentation: (image, sentence) -> binary mask of the referred object",
+            "splits": "official phrase files: train 2,172 / val 431 / test 1,817 expressions; select on val",
+            "labels": "target = mask value > 50 (0/1 masks kept); no ignore pixels",
+            "metrics": "per expression: mIoU (IoU = 0 when the union is empty), oIoU = sum I / sum U, Pr@0.5..0.9; "
+            "LAVT scores at 480x480 with nearest-resized masks",
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Phrase files
+
+
+@dataclass(frozen=True)
+class Expression:
+    """One line of a phrase file."""
+
+    id: str
+    sentence: str
+    line: int  # 1-based
+
+
+@dataclass(frozen=True)
+class RefObject:
+    """One referred object (image + mask) with all its sentences and their line numbers."""
+
+    id: str
+    sentences: tuple[str, ...]
+    lines: tuple[int, ...]
+
+
+def read_phrases(path: str | Path) -> list[Expression]:
+    """Parse a phrase file (see the module docstring); DataError names the file and the bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: phrase file not found (RefSegRS.zip has output_phrase_{{train,val,test}}.txt)")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not a UTF-8 text file ({error})") from error
+    expressions = []
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # universal newlines, as open()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.strip().split(maxsplit=1)
+        if len(fields) < 2:
+            raise DataError(f"{path}:{number}: expected '<id> <referring expression>', got {line.strip()!r}")
+        ref_id, sentence = fields[0], fields[1].strip()
+        if _BAD_ID.search(ref_id):
+            raise DataError(f"{path}:{number}: {ref_id!r} is not a plain file id")
+        expressions.append(Expression(ref_id, sentence, number))
+    if not expressions:
+        raise DataError(f"{path}: no expressions (empty phrase file)")
+    return expressions
+
+
+def group_objects(expressions: list[Expression]) -> list[RefObject]:
+    """One RefObject per id, sentences in file order, objects in order of first appearance."""
+    grouped: dict[str, list[Expression]] = {}
+    for expression in expressions:
+        grouped.setdefault(expression.id, []).append(expression)
+    return [
+        RefObject(ref_id, tuple(e.sentence for e in group), tuple(e.line for e in group))
+        for ref_id, group in grouped.items()
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokens and pixels
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(name_or_path: str):
+    """A Hugging Face tokenizer by hub id or local folder; cached, so splits share one instance."""
+    from transformers import AutoTokenizer  # heavy import, only when a dataset is built
+
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as error:
+        raise DataError(
+            f"cannot load tokenizer {name_or_path!r} ({type(error).__name__}: {error}); without internet "
+            "it must already be in the Hugging Face cache, or pass a local folder holding its tokenizer files"
+        ) from error
+
+
+def tokenize(tokenizer, sentences: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` int64 N×max_tokens: [CLS] … [SEP] then [PAD], truncated to fit."""
+    if max_tokens < 2:
+        raise ValueError(f"max_tokens must be at least 2 ([CLS] and [SEP]), got {max_tokens}")
+    encoded = tokenizer(
+        sentences,
+        max_length=max_tokens,
+        padding="max_length",
+        truncation=True,
+        return_attention_mask=True,
+        return_token_type_ids=False,
+    )
+    ids = torch.tensor(encoded["input_ids"], dtype=torch.long).reshape(len(sentences), max_tokens)
+    mask = torch.tensor(encoded["attention_mask"], dtype=torch.long).reshape(len(sentences), max_tokens)
+    return ids, mask
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image bilinear, mask nearest, to size×size with PIL, as LAVT's ``Resize`` (torchvision on PIL)."""
+    image = np.array(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    mask = np.array(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
+    return image, mask
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset and datamodule
+
+
+class RefSegRSDataset(Dataset):
+    """One split of RefSegRS; see the module docstring for the sample, resolution and sampling rules.
+
+    ``tokenizer`` is a hub id, a local folder or a loaded tokenizer. ``eval_mode`` defaults to True for
+    val/test (every sentence) and False for train (one random sentence per object per access).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        tokenizer: Any = DEFAULT_TOKENIZER,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        image_size: int | None = LAVT_IMAGE_SIZE,
+        eval_mode: bool | None = None,
+        native_mask: bool = False,
+        transform: A.Compose | None = None,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"image_size must be positive or None, got {image_size}")
+        self.root = Path(root)
+        self.split = split
+        self.image_size = image_size
+        self.eval_mode = split != "train" if eval_mode is None else eval_mode
+        self.native_mask = native_mask
+        self.transform = transform
+        self.mean, self.std = mean, std
+        check_root(self.root)
+        self.objects = group_objects(read_phrases(phrase_file(self.root, split)))
+        self._check_files()
+        if isinstance(tokenizer, str | Path):
+            self.tokenizer_name = str(tokenizer)
+            tokenizer = load_tokenizer(self.tokenizer_name)
+        else:
+            self.tokenizer_name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+        sentences = [sentence for obj in self.objects for sentence in obj.sentences]
+        self.input_ids, self.attention_mask = tokenize(tokenizer, sentences, max_tokens)
+        # index of each object's first sentence in the flat sentence list, and the eval items
+        self._first = np.cumsum([0] + [len(obj.sentences) for obj in self.objects[:-1]]).tolist()
+        self._items = [(o, s) for o, obj in enumerate(self.objects) for s in range(len(obj.sentences))]
+
+    def _check_files(self) -> None:
+        for obj in self.objects:
+            for path in (self.image_path(obj.id), self.mask_path(obj.id)):
+                if not path.is_file():
+                    raise DataError(
+                        f"{path}: file not found (id {obj.id!r}, {phrase_file(self.root, self.split).name} "
+                        f"line {obj.lines[0]})"
+                    )
+
+    def image_path(self, ref_id: str) -> Path:
+        return self.root / "images" / f"{ref_id}.tif"
+
+    def mask_path(self, ref_id: str) -> Path:
+        return self.root / "masks" / f"{ref_id}.tif"
+
+    @property
+    def num_expressions(self) -> int:
+        return len(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items) if self.eval_mode else len(self.objects)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.eval_mode:
+            obj_index, sentence_index = self._items[index]
+            obj = self.objects[obj_index]
+        else:
+            obj_index, obj = index, self.objects[index]
+            sentence_index = int(torch.randint(len(obj.sentences), ()).item())
+        image, mask = self.read_pair(obj.id)
+        height, width = mask.shape
+        native = mask
+        if self.image_size is not None:
+            image, mask = resize_pair(image, mask, self.image_size)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        flat = self._first[obj_index] + sentence_index
+        sample = {
+            "image": normalise(image, self.mean, self.std),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
+            "text": obj.sentences[sentence_index],
+            "input_ids": self.input_ids[flat].clone(),  # not a view into every sentence's tokens
+            "attention_mask": self.attention_mask[flat].clone(),
+            "meta": {
+                "id": obj.id,
+                "sentence_index": sentence_index,
+                "num_sentences": len(obj.sentences),
+                "line": obj.lines[sentence_index],
+                "height": height,
+                "width": width,
+            },
+        }
+        if self.native_mask:
+            sample["mask_native"] = torch.from_numpy(np.ascontiguousarray(native)).long()
+        return sample
+
+    def read_pair(self, ref_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Native-resolution RGB uint8 image and {0,1} uint8 mask of one object, checked for size."""
+        image_path, mask_path = self.image_path(ref_id), self.mask_path(ref_id)
+        image = read_image(image_path)
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)  # PIL convert('RGB') of a grey tile
+        image = np.ascontiguousarray(image[..., :3])
+        mask = binarise_mask(read_image(mask_path), MASK_THRESHOLD)
+        if image.shape[:2] != mask.shape:
+            raise DataError(
+                f"size mismatch: {image_path} is {image.shape[0]}×{image.shape[1]} but "
+                f"{mask_path} is {mask.shape[0]}×{mask.shape[1]}"
+            )
+        return image, mask
+
+
+def check_root(root: Path) -> None:
+    """Explain the usual wrong roots: a missing folder, the HF preview without masks, a parent folder."""
+    if not root.is_dir():
+        raise DataError(f"{root}: RefSegRS folder does not exist")
+    for sub in ("images", "masks"):
+        if not (root / sub).is_dir():
+            nested = root / "RefSegRS"
+            hint = (
+                f"; the dataset seems to be in {nested}, use that as root"
+                if (nested / sub).is_dir()
+                else "; download RefSegRS.zip (the Hugging Face preview has no masks or text, zhu-xlab/rrsis#1)"
+            )
+            raise DataError(f"{root / sub}: folder not found{hint}")
+
+
+class RefSegRSDataModule(PatchDataModule):
+    """RefSegRS for fit/validate/test/predict, read straight from the official layout (no preparation).
+
+    Training draws one sentence per object per epoch; val/test/predict score every expression.
+    ``image_size=480`` is the LAVT protocol (None: native 512²); ``native_masks=True`` adds ``mask_native``
+    to evaluation samples for native-resolution metrics. Model selection uses val, never test (zhu-xlab
+    ``train.py`` selects on test). ``augment`` only jitters brightness/contrast (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 8,
+        num_workers: int = 4,
+        tokenizer: str = DEFAULT_TOKENIZER,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        image_size: int | None = LAVT_IMAGE_SIZE,
+        native_masks: bool = False,
+        augment: bool = False,
+        protocol: str = PROTOCOL,
+        eval_batch_size: int | None = None,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+    ) -> None:
+        super().__init__(
+            root,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            crop_size=None,
+            protocol=protocol,
+            eval_batch_size=eval_batch_size,
+            augment=augment,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+        )
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"image_size must be positive or None, got {image_size}")
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.image_size = image_size
+        self.native_masks = native_masks
+
+    def make_spec(self, protocol: str, manifest: dict[str, Any] | None = None) -> DatasetSpec:
+        return refsegrs_spec(protocol)
+
+    def _split_dataset(self, split: str) -> RefSegRSDataset:
+        train = split == "train"
+        transform = A.Compose([A.RandomBrightnessContrast(0.1, 0.1, p=0.5)]) if train and self.augment else None
+        dataset = RefSegRSDataset(
+            self.root,
+            split,
+            tokenizer=self.tokenizer,
+            max_tokens=self.max_tokens,
+            image_size=self.image_size,
+            eval_mode=not train,
+            native_mask=self.native_masks and not train,
+            transform=transform,
+        )
+        logger.info(
+            "%s %s: %d objects, %d expressions", DATASET, split, len(dataset.objects), dataset.num_expressions
+        )
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None):
+            self.train_dataset = self._split_dataset("train")
+        if stage in ("fit", "validate", None):
+            self.val_dataset = self._split_dataset("val")
+        if stage in ("test", None):
+            self.test_dataset = self._split_dataset("test")
+        if stage in ("predict", None):
+            self.predict_dataset = self.test_dataset or self._split_dataset("test")
+
+    def val_dataloader(self):
+        return self._loader(self._require("val_dataset", "validate"), self.eval_batch_size, train=False)
