@@ -67,7 +67,8 @@ def _build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--src", required=True, help="folder with the extracted official archives")
     prepare.add_argument("--dst", required=True, help="prepared root to create")
     prepare.add_argument("--patch-size", type=int, default=1024)
-    prepare.add_argument("--stride", type=int, help="window stride (default: patch size)")
+    prepare.add_argument("--stride", type=int,
+                         help="training window stride (default: patch size; evaluation patches never overlap)")
     prepare.add_argument("--protocol", help="split protocol (default: the dataset's; ISPRS: unetformer)")
     prepare.add_argument("--test-labels", choices=("eroded", "full"),
                          help="ISPRS test labels: eroded noBoundary (default) or full")

@@ -182,7 +182,8 @@ def test_manifest_records_parameters_splits_and_counts(prepared, raw):
         kind = "eroded" if split == "test" else "full"
         expected = sum(np.bincount(truth[t][kind].ravel(), minlength=256)[:6] for t in tiles)
         assert info["pixels_per_class"] == expected.tolist()
-        assert info["num_patches"] == sum(len(patch_grid(*TILES[t], PATCH, STRIDE)) for t in tiles)
+        stride = STRIDE if split == "train" else PATCH  # evaluation patches never overlap
+        assert info["num_patches"] == sum(len(patch_grid(*TILES[t], PATCH, stride)) for t in tiles)
         assert info["num_patches"] == len(manifest["patches"][split])
     assert splits["train"]["unknown_pixels"] == UNKNOWN_PIXELS
     assert splits["test"]["boundary_pixels"] == sum(
@@ -231,6 +232,15 @@ def test_prepared_patches_reassemble_into_the_tiles_exactly(prepared, raw):
             kind = "eroded" if split == "test" else "full"
             np.testing.assert_array_equal(mask, truth[tile][kind], err_msg=f"{split} {tile}")
             np.testing.assert_array_equal(image, truth[tile]["image"], err_msg=f"{split} {tile}")
+
+
+def test_stride_applies_to_training_and_evaluation_patches_never_overlap(prepared):
+    _, manifest = prepared
+    train_steps = {p["x"] for p in manifest["patches"]["train"]} | {p["y"] for p in manifest["patches"]["train"]}
+    assert STRIDE in train_steps  # overlapping training windows
+    for split in ("val", "test"):
+        origins = [(p["y"], p["x"]) for p in manifest["patches"][split]]
+        assert origins and all(y % PATCH == 0 and x % PATCH == 0 for y, x in origins), split
 
 
 def test_test_masks_use_eroded_labels_and_train_masks_full_labels(prepared, raw):
@@ -509,7 +519,8 @@ def test_dataset_names_missing_and_mismatched_patch_files(prepared, tmp_path):
         DataError, match=rf"size mismatch: .* but {dataset.mask_path(1)} is {PATCH}×{PATCH - 1}"
     ):
         dataset[1]
-    dataset.mask_path(2).write_bytes(dataset.mask_path(2).read_bytes()[:100])
+    truncated = dataset.mask_path(2).read_bytes()
+    dataset.mask_path(2).write_bytes(truncated[: len(truncated) // 2])
     with pytest.raises(DataError, match=rf"{dataset.mask_path(2)}: cannot read image"):
         dataset[2]
 

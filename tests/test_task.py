@@ -80,3 +80,10 @@ def test_schedules():
 def test_unknown_arch_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown smp architecture 'unett'"):
         SMPSegmentationTask(arch="unett", num_classes=6)
+
+
+@pytest.mark.parametrize("arch,encoder", [("unet", "resnet18"), ("deeplabv3plus", "resnet18"), ("segformer", "mit_b0")])
+def test_bench_baselines_build_and_keep_the_input_size(arch, encoder):
+    task = SMPSegmentationTask(arch=arch, encoder=encoder, num_classes=6).eval()
+    with torch.no_grad():
+        assert task(torch.randn(1, 3, 64, 64)).shape == (1, 6, 64, 64)

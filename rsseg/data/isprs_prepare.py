@@ -301,7 +301,9 @@ def cut_tile(job: TileJob, out: Path, patch_size: int, stride: int) -> dict[str,
         )
     mask, n_boundary, n_unknown = decode_isprs_label(colours, IGNORE_INDEX)
     patches = []
-    for y, x in patch_grid(height, width, patch_size, stride):
+    # The stride only applies to training: evaluation patches never overlap, so each pixel counts once.
+    split_stride = stride if job.split == "train" else patch_size
+    for y, x in patch_grid(height, width, patch_size, split_stride):
         pid = f"{job.patch_stem}_{y:05d}_{x:05d}"
         write_png(
             out / job.split / "images" / f"{pid}.png", extract_patch(image, y, x, patch_size, IMAGE_FILL)
