@@ -74,7 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="ISPRS test labels: eroded noBoundary (default) or full")
     prepare.add_argument("--bands", choices=("RGB", "IRRG", "RGBIR"), help="ISPRS image bands (Potsdam)")
     prepare.add_argument("--strict", action="store_true", default=None,
-                         help="fail on unknown label colours instead of ignoring them (UAVid)")
+                         help="fail on unknown label colours instead of ignoring them")
     prepare.add_argument("--workers", type=int, default=1, help="tiles cut in parallel processes")
     prepare.add_argument("--force", action="store_true", help="rebuild even if already prepared")
 

@@ -258,6 +258,12 @@ def test_unknown_colours_warn_with_file_name_and_count(raw, tmp_path):
         prepare_potsdam(raw[0], tmp_path / "dst", patch_size=64, progress=False)
 
 
+def test_strict_mode_refuses_unknown_colours_and_writes_nothing(raw, tmp_path):
+    with pytest.raises(DataError, match=rf"top_potsdam_{UNKNOWN_TILE}_label\.tif: {UNKNOWN_PIXELS} pixels .*strict mode"):
+        prepare_potsdam(raw[0], tmp_path / "dst", patch_size=64, progress=False, strict=True)
+    assert not (tmp_path / "dst").exists() and not list(tmp_path.iterdir())
+
+
 def test_prepare_twice_does_nothing_the_second_time(raw, tmp_path, caplog):
     dst = tmp_path / "dst"
     with pytest.warns(DataWarning):

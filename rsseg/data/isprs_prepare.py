@@ -199,6 +199,7 @@ def prepare_isprs(
     force: bool,
     progress: bool,
     workers: int,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Cut the planned tiles into ``dst/{split}/{images,masks}/<patch_id>.png`` through ``prepare_once``."""
     check_window(patch_size, stride)
@@ -222,7 +223,7 @@ def prepare_isprs(
         for split in protocol.splits:
             (out / split / "images").mkdir(parents=True)
             (out / split / "masks").mkdir(parents=True)
-        results = cut_tiles(jobs, out, patch_size, stride, progress, workers, f"{layout.dataset} tiles")
+        results = cut_tiles(jobs, out, patch_size, stride, progress, workers, f"{layout.dataset} tiles", strict)
         return summarise(results, src, protocol, spec, test_labels, missing, files, layout)
 
     return prepare_once(
@@ -253,6 +254,7 @@ def cut_tiles(
     progress: bool,
     workers: int,
     description: str = "tiles",
+    strict: bool = False,
 ) -> list[dict[str, Any]]:
     """``cut_tile`` for every job, serially or in ``workers`` processes; results in job order."""
     bar = tqdm(total=len(jobs), desc=description, unit="tile", disable=not progress)
@@ -261,14 +263,14 @@ def cut_tiles(
         if workers <= 1:
             for job in jobs:
                 bar.set_postfix_str(job.tile)
-                results.append(report_unknown_colours(cut_tile(job, out, patch_size, stride)))
+                results.append(report_unknown_colours(cut_tile(job, out, patch_size, stride), strict))
                 bar.update()
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 futures = [pool.submit(cut_tile, job, out, patch_size, stride) for job in jobs]
                 try:
                     for future in futures:  # in job order, so the manifest is deterministic
-                        results.append(report_unknown_colours(future.result()))
+                        results.append(report_unknown_colours(future.result(), strict))
                         bar.update()
                 except BaseException:
                     pool.shutdown(cancel_futures=True)
@@ -335,18 +337,19 @@ def cut_tile(job: TileJob, out: Path, patch_size: int, stride: int) -> dict[str,
     }
 
 
-def report_unknown_colours(result: dict[str, Any]) -> dict[str, Any]:
-    """Unknown colours became ignore; say so loudly (torchgeo#1727: an overlay silently became clutter)."""
+def report_unknown_colours(result: dict[str, Any], strict: bool = False) -> dict[str, Any]:
+    """Unknown colours became ignore; say so loudly (torchgeo#1727: an overlay silently became clutter).
+
+    ``strict`` turns the warning into a DataError, for users who want no label silently ignored.
+    """
     count = result["unknown_pixels"]
     if count:
         share = 100 * count / (result["height"] * result["width"])
         hint = "; this does not look like a colour label at all" if share > 50 else ""
-        warnings.warn(
-            f"{result['job'].label}: {count} pixels ({share:.2f}%) have colours outside the ISPRS "
-            f"colour code; they are set to ignore ({IGNORE_INDEX}){hint}",
-            DataWarning,
-            stacklevel=2,
-        )
+        message = f"{result['job'].label}: {count} pixels ({share:.2f}%) have colours outside the ISPRS colour code"
+        if strict:
+            raise DataError(f"{message}{hint} (strict mode)")
+        warnings.warn(f"{message}; they are set to ignore ({IGNORE_INDEX}){hint}", DataWarning, stacklevel=2)
     return result
 
 

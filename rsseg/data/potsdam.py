@@ -196,6 +196,7 @@ def prepare_potsdam(
     progress: bool = True,
     workers: int = 1,
     bands: str = DEFAULT_BANDS,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Cut the raw Potsdam tiles under ``src`` into patches under ``dst`` (idempotent, atomic).
 
@@ -223,6 +224,7 @@ def prepare_potsdam(
         force=force,
         progress=progress,
         workers=workers,
+        strict=strict,
     )
 
 

@@ -187,6 +187,7 @@ def prepare_vaihingen(
     progress: bool = True,
     workers: int = 1,
     bands: str = BANDS,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Cut the raw Vaihingen tiles under ``src`` into patches under ``dst`` (idempotent, atomic).
 
@@ -214,6 +215,7 @@ def prepare_vaihingen(
         force=force,
         progress=progress,
         workers=workers,
+        strict=strict,
     )
 
 
