@@ -156,6 +156,7 @@ class PatchDataModule(lightning.LightningDataModule):
 
     dataset_class: ClassVar[type[PreparedPatchDataset]] = PreparedPatchDataset
     raw_pattern: ClassVar[str | None] = None
+    default_protocol: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -163,7 +164,7 @@ class PatchDataModule(lightning.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 4,
         crop_size: int | None = 512,
-        protocol: str = "",
+        protocol: str | None = None,
         eval_batch_size: int | None = None,
         augment: bool = True,
         pin_memory: bool = True,
@@ -179,11 +180,11 @@ class PatchDataModule(lightning.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.crop_size = crop_size
-        self.protocol = protocol
+        self.protocol = protocol or self.default_protocol
         self.augment = augment
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
-        self.spec: DatasetSpec = self.make_spec(protocol)
+        self.spec: DatasetSpec = self.make_spec(self.protocol)
         self.num_classes: int = self.spec.num_classes
         self.manifest: dict[str, Any] | None = None
         self.train_dataset: PreparedPatchDataset | None = None

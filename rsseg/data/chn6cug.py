@@ -211,30 +211,11 @@ class CHN6CUGDataModule(PatchDataModule):
     DataError); ``holdout`` holds ``val_fraction`` of ``train/`` out as val. Test and predict use ``val/``.
     """
 
-    def __init__(
-        self,
-        root: str,
-        batch_size: int = 8,
-        num_workers: int = 4,
-        crop_size: int | None = 512,
-        protocol: str = DEFAULT_PROTOCOL,
-        val_fraction: float = 0.1,
-        eval_batch_size: int | None = None,
-        augment: bool = True,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-    ) -> None:
-        super().__init__(
-            root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            crop_size=crop_size,
-            protocol=protocol,
-            eval_batch_size=eval_batch_size,
-            augment=augment,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-        )
+    default_protocol = DEFAULT_PROTOCOL
+
+    def __init__(self, root: str, val_fraction: float = 0.1, **kwargs: Any) -> None:
+        """``val_fraction``: share of train held out as val under "holdout"; others: ``PatchDataModule``."""
+        super().__init__(root, **kwargs)
         self.val_fraction = val_fraction
         self.splits: dict[str, dict[str, tuple[Path, Path]]] | None = None
 

@@ -13,23 +13,22 @@ show IR-weighted transparency). The manifest's ``image_bands`` entry records the
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from rsseg.data.base import PatchDataModule, PreparedPatchDataset, open_prepared_root
 from rsseg.data.errors import DataError, DataWarning
 from rsseg.data.io import read_image, write_png
 from rsseg.data.isprs import BANDS, ISPRS_CLASSES, band_statistics, check_bands, decode_isprs_label
-from rsseg.data.prepare import SplitProtocol, count_pixels, file_fingerprint, prepare_once
+from rsseg.data.prepare import SplitProtocol, count_pixels, file_fingerprint, map_jobs, prepare_once
 from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
 from rsseg.data.tiling import check_window, extract_patch, patch_grid, valid_extent
 
@@ -257,27 +256,11 @@ def cut_tiles(
     strict: bool = False,
 ) -> list[dict[str, Any]]:
     """``cut_tile`` for every job, serially or in ``workers`` processes; results in job order."""
-    bar = tqdm(total=len(jobs), desc=description, unit="tile", disable=not progress)
-    results: list[dict[str, Any]] = []
-    try:
-        if workers <= 1:
-            for job in jobs:
-                bar.set_postfix_str(job.tile)
-                results.append(report_unknown_colours(cut_tile(job, out, patch_size, stride), strict))
-                bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(cut_tile, job, out, patch_size, stride) for job in jobs]
-                try:
-                    for future in futures:  # in job order, so the manifest is deterministic
-                        results.append(report_unknown_colours(future.result(), strict))
-                        bar.update()
-                except BaseException:
-                    pool.shutdown(cancel_futures=True)
-                    raise
-    finally:
-        bar.close()
-    return results
+    return map_jobs(
+        functools.partial(cut_tile, out=out, patch_size=patch_size, stride=stride), jobs,
+        workers=workers, progress=progress, description=description, label=lambda job: job.tile,
+        on_result=functools.partial(report_unknown_colours, strict=strict),
+    )
 
 
 def read_tile_image(path: Path, bands: str) -> np.ndarray:
@@ -454,34 +437,14 @@ class IsprsDataModule(PatchDataModule):
     """
 
     allowed_bands: ClassVar[tuple[str, ...]] = tuple(BANDS)
+    default_bands: ClassVar[str] = "RGB"
 
-    def __init__(
-        self,
-        root: str,
-        batch_size: int = 8,
-        num_workers: int = 4,
-        crop_size: int | None = 512,
-        protocol: str = "",
-        eval_batch_size: int | None = None,
-        augment: bool = True,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        bands: str = "RGB",
-    ) -> None:
-        self.bands = check_bands(bands, self.allowed_bands)
-        super().__init__(
-            root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            crop_size=crop_size,
-            protocol=protocol,
-            eval_batch_size=eval_batch_size,
-            augment=augment,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-        )
-        self.in_channels: int = len(BANDS[bands])
-        self.mean, self.std = band_statistics(bands)
+    def __init__(self, root: str, bands: str | None = None, **kwargs: Any) -> None:
+        """``bands`` (default: the dataset's) must match the prepared root; other arguments: ``PatchDataModule``."""
+        self.bands = check_bands(bands or self.default_bands, self.allowed_bands)
+        super().__init__(root, **kwargs)
+        self.in_channels: int = len(BANDS[self.bands])
+        self.mean, self.std = band_statistics(self.bands)
 
     def load_manifest(self) -> dict[str, Any]:
         manifest = super().load_manifest()

@@ -390,32 +390,12 @@ class LoveDADataModule(PatchDataModule):
 
     dataset_class = LoveDADataset  # type: ignore[assignment]
 
-    def __init__(
-        self,
-        root: str,
-        batch_size: int = 8,
-        num_workers: int = 4,
-        crop_size: int | None = 512,
-        scenes: tuple[str, ...] = SCENES,
-        protocol: str = DEFAULT_PROTOCOL,
-        eval_batch_size: int | None = None,
-        augment: bool = True,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        strict: bool = True,
-    ) -> None:
+    default_protocol = DEFAULT_PROTOCOL
+
+    def __init__(self, root: str, scenes: tuple[str, ...] = SCENES, strict: bool = True, **kwargs: Any) -> None:
+        """``scenes``: Urban and/or Rural; ``strict``: mask values > 7 are errors; others: ``PatchDataModule``."""
         self.scenes = normalise_scenes(scenes)
-        super().__init__(
-            root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            crop_size=crop_size,
-            protocol=protocol,
-            eval_batch_size=eval_batch_size,
-            augment=augment,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-        )
+        super().__init__(root, **kwargs)
         self.strict = strict
 
     def make_spec(self, protocol: str, manifest: dict[str, Any] | None = None) -> DatasetSpec:

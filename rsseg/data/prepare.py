@@ -13,13 +13,15 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 import rsseg
 from rsseg.data.errors import DataError
@@ -42,6 +44,46 @@ class SplitProtocol:
 
     def split_of(self, tile: str) -> str | None:
         return next((split for split, tiles in self.splits.items() if tile in tiles), None)
+
+
+def map_jobs(
+    work: Callable[[Any], dict[str, Any]],
+    jobs: Sequence[Any],
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    description: str = "tiles",
+    label: Callable[[Any], str] = str,
+    on_result: Callable[[dict[str, Any]], Any] = lambda result: None,
+) -> list[dict[str, Any]]:
+    """``work(job)`` for every job, serially or in ``workers`` processes, with a progress bar.
+
+    Results come back in job order, so manifests are deterministic; ``on_result`` sees each one as it
+    arrives (to warn, or to stop early by raising). ``work`` must be picklable when ``workers`` > 1.
+    """
+    bar = tqdm(total=len(jobs), desc=description, unit=description.split()[-1].rstrip("s"), disable=not progress)
+    results: list[dict[str, Any]] = []
+    try:
+        if workers <= 1:
+            for job in jobs:
+                bar.set_postfix_str(label(job))
+                results.append(work(job))
+                on_result(results[-1])
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(work, job) for job in jobs]
+                try:
+                    for future in futures:
+                        results.append(future.result())
+                        on_result(results[-1])
+                        bar.update()
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)
+                    raise
+    finally:
+        bar.close()
+    return results
 
 
 def file_fingerprint(path: Path, root: Path) -> dict[str, Any]:

@@ -346,34 +346,22 @@ class RefSegRSDataModule(PatchDataModule):
     ``train.py`` selects on test). ``augment`` only jitters brightness/contrast (see the module docstring).
     """
 
+    default_protocol = PROTOCOL
+
     def __init__(
         self,
         root: str,
-        batch_size: int = 8,
-        num_workers: int = 4,
         tokenizer: str = DEFAULT_TOKENIZER,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         image_size: int | None = LAVT_IMAGE_SIZE,
         native_masks: bool = False,
         augment: bool = False,
-        protocol: str = PROTOCOL,
-        eval_batch_size: int | None = None,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            crop_size=None,
-            protocol=protocol,
-            eval_batch_size=eval_batch_size,
-            augment=augment,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-        )
+        """Tokenizer, sentence length and resolution options; loader arguments: ``PatchDataModule``."""
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be positive or None, got {image_size}")
+        super().__init__(root, crop_size=None, augment=augment, **kwargs)
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.image_size = image_size

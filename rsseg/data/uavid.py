@@ -43,12 +43,12 @@ each val pixel is counted once in the metrics. ``stride=568`` makes three rows c
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import warnings
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +57,11 @@ import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data.distributed import DistributedSampler
-from tqdm.auto import tqdm
 
 from rsseg.data.base import PatchDataModule, PreparedPatchDataset, normalise
 from rsseg.data.errors import DataError, DataWarning
 from rsseg.data.io import read_image, write_png
-from rsseg.data.prepare import SplitProtocol, count_pixels, file_fingerprint, prepare_once
+from rsseg.data.prepare import SplitProtocol, count_pixels, file_fingerprint, map_jobs, prepare_once
 from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
 from rsseg.data.tiling import check_window, extract_patch, patch_grid, valid_extent
 
@@ -440,27 +439,11 @@ def prepare_uavid(
 def _cut_frames(
     jobs: list[FrameJob], out: Path, patch_size: int, strict: bool, progress: bool, workers: int
 ) -> list[dict[str, Any]]:
-    bar = tqdm(total=len(jobs), desc="uavid frames", unit="frame", disable=not progress)
-    results: list[dict[str, Any]] = []
-    try:
-        if workers <= 1:
-            for job in jobs:
-                bar.set_postfix_str(job.frame.key)
-                results.append(_report_unknown_colours(cut_frame(job, out, patch_size, strict)))
-                bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(cut_frame, job, out, patch_size, strict) for job in jobs]
-                try:
-                    for future in futures:  # in job order, so the manifest is deterministic
-                        results.append(_report_unknown_colours(future.result()))
-                        bar.update()
-                except BaseException:
-                    pool.shutdown(cancel_futures=True)
-                    raise
-    finally:
-        bar.close()
-    return results
+    return map_jobs(
+        functools.partial(cut_frame, out=out, patch_size=patch_size, strict=strict), jobs,
+        workers=workers, progress=progress, description="uavid frames", label=lambda job: job.frame.key,
+        on_result=_report_unknown_colours,
+    )
 
 
 def read_uavid_label(path: str | Path, strict: bool = False) -> tuple[np.ndarray, int, list]:
@@ -714,34 +697,14 @@ class UAVidDataModule(PatchDataModule):
     """
 
     dataset_class = UAVidDataset
+    default_protocol = DEFAULT_PROTOCOL
     raw_pattern = RAW_PATTERN
 
-    def __init__(
-        self,
-        root: str,
-        batch_size: int = 8,
-        num_workers: int = 4,
-        crop_size: int | None = 512,
-        protocol: str = DEFAULT_PROTOCOL,
-        eval_batch_size: int | None = None,
-        augment: bool = True,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        predict_split: str = "test",
-    ) -> None:
+    def __init__(self, root: str, predict_split: str = "test", **kwargs: Any) -> None:
+        """``predict_split``: "test" (the submission) or "val"; other arguments: ``PatchDataModule``."""
         if predict_split not in ("test", "val"):
             raise ValueError(f"predict_split must be 'test' or 'val', got {predict_split!r}")
-        super().__init__(
-            root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            crop_size=crop_size,
-            protocol=protocol,
-            eval_batch_size=eval_batch_size,
-            augment=augment,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-        )
+        super().__init__(root, **kwargs)
         self.predict_split = predict_split
 
     def make_spec(self, protocol: str, manifest: dict[str, Any] | None = None) -> DatasetSpec:

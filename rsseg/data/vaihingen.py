@@ -241,31 +241,8 @@ class VaihingenDataModule(IsprsDataModule):
     dataset_class = VaihingenDataset
     raw_pattern = RAW_PATTERN
     allowed_bands = (BANDS,)
-
-    def __init__(
-        self,
-        root: str,
-        batch_size: int = 8,
-        num_workers: int = 4,
-        crop_size: int | None = 512,
-        protocol: str = DEFAULT_PROTOCOL,
-        eval_batch_size: int | None = None,
-        augment: bool = True,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-    ) -> None:
-        super().__init__(
-            root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            crop_size=crop_size,
-            protocol=protocol,
-            eval_batch_size=eval_batch_size,
-            augment=augment,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            bands=BANDS,
-        )
+    default_bands = BANDS
+    default_protocol = DEFAULT_PROTOCOL
 
     def make_spec(self, protocol: str, manifest: dict[str, Any] | None = None) -> DatasetSpec:
         test_labels = manifest["parameters"]["test_labels"] if manifest else "eroded"
