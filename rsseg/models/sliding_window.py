@@ -38,12 +38,14 @@ def sliding_window_logits(
     batch_size: int = 4,
     blend: str = "gaussian",
     accumulate_device: torch.device | str | None = None,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Logits B×K×H×W for ``image`` (B×C×H×W) from ``net`` applied to windows of size ``window``.
 
     ``image`` may live on the CPU; each batch of windows moves to the device of ``net``'s parameters
-    (or stays where it is for plain callables). Logits accumulate on ``accumulate_device`` (default:
-    the image's device).
+    (or stays where it is for plain callables) and goes through ``preprocess`` there (e.g. uint8 →
+    normalised float, so the whole image is never float on the device). Logits accumulate on
+    ``accumulate_device`` (default: the image's device).
     """
     if not 0 <= overlap < window:
         raise ValueError(f"overlap must be in [0, window), got overlap={overlap}, window={window}")
@@ -64,7 +66,7 @@ def sliding_window_logits(
     for start in range(0, len(origins), per_step):
         chunk = origins[start : start + per_step]
         crops = torch.cat([image[..., y : y + window, x : x + window] for y, x in chunk]).to(net_device)
-        out = net(crops).to(accumulate_device).float()
+        out = net(preprocess(crops) if preprocess else crops).to(accumulate_device).float()
         if logits_sum is None:
             logits_sum = torch.zeros(b, out.shape[1], height, width, device=accumulate_device)
         for i, (y, x) in enumerate(chunk):

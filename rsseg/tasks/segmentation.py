@@ -15,6 +15,7 @@ from lightning import LightningModule
 from segmentation_models_pytorch.losses import DiceLoss, SoftCrossEntropyLoss
 from torch import nn
 
+from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD
 from rsseg.data.spec import IGNORE_INDEX
 from rsseg.metrics import SegmentationMetrics
 from rsseg.models.baselines import build_smp_model
@@ -127,12 +128,25 @@ class SegmentationTask(LightningModule):
         return self.net(image)
 
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits at the input's size; sliding windows when the input exceeds ``inference_window``."""
+        """Logits at the input's size; sliding windows when the input exceeds ``inference_window``.
+
+        A uint8 input is a whole tile (``eval_whole_tiles``): each window is normalised on the device
+        with the datamodule's statistics and logits accumulate on the CPU, so no float32 copy of the
+        whole tile is ever made on the accelerator.
+        """
         window = self.hparams.inference_window
+        preprocess = None if image.is_floating_point() else self._normaliser()
         if window is None or max(image.shape[-2:]) <= window:
-            return self(image)
+            return self(preprocess(image) if preprocess else image)
         return sliding_window_logits(self, image, window, self.hparams.inference_overlap,
-                                     batch_size=image.shape[0], blend=self.hparams.inference_blend)
+                                     batch_size=image.shape[0], blend=self.hparams.inference_blend,
+                                     preprocess=preprocess, accumulate_device="cpu" if preprocess else None)
+
+    def _normaliser(self):
+        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        mean = torch.tensor(getattr(data, "mean", IMAGENET_MEAN)).view(1, -1, 1, 1)
+        std = torch.tensor(getattr(data, "std", IMAGENET_STD)).view(1, -1, 1, 1)
+        return lambda x: (x.float() / 255 - mean.to(x.device)) / std.to(x.device)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
@@ -142,9 +156,10 @@ class SegmentationTask(LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, prefix: str) -> None:
         logits = self.predict_logits(batch["image"])
-        loss = self.criterion(logits, batch["mask"])
-        self.log(f"{prefix}/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
-        metrics.update(logits.argmax(1), batch["mask"])
+        if batch["image"].is_floating_point():  # whole uint8 tiles: no loss over a tile-sized logit map
+            loss = self.criterion(logits, batch["mask"])
+            self.log(f"{prefix}/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
+        metrics.update(logits.argmax(1).to(batch["mask"].device), batch["mask"])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
@@ -153,7 +168,8 @@ class SegmentationTask(LightningModule):
         self._eval_step(batch, self.test_metrics, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return {"pred": self.predict_logits(batch["image"]).argmax(1).to(torch.uint8), "meta": batch.get("meta")}
+        pred = self.predict_logits(batch["image"]).argmax(1).to(torch.uint8)
+        return {"pred": pred, "meta": batch.get("meta")}
 
     def _log_metrics(self, metrics: SegmentationMetrics, prefix: str) -> None:
         values = {f"{prefix}/{k}": float(v) for k, v in metrics.compute().items()}
