@@ -28,7 +28,7 @@ from rsseg.data.potsdam import (
     potsdam_spec,
     prepare_potsdam,
 )
-from rsseg.data.tiling import extract_patch, patch_grid
+from rsseg.data.tiling import extract_patch, patch_grid, split_grid
 from tests.data.potsdam.data import TILES, UNKNOWN_PIXELS, UNKNOWN_TILE, write_potsdam
 
 PATCH, STRIDE = 32, 24  # overlapping windows, and every fixture tile needs padding somewhere
@@ -182,8 +182,8 @@ def test_manifest_records_parameters_splits_and_counts(prepared, raw):
         kind = "eroded" if split == "test" else "full"
         expected = sum(np.bincount(truth[t][kind].ravel(), minlength=256)[:6] for t in tiles)
         assert info["pixels_per_class"] == expected.tolist()
-        stride = STRIDE if split == "train" else PATCH  # evaluation patches never overlap
-        assert info["num_patches"] == sum(len(patch_grid(*TILES[t], PATCH, stride)) for t in tiles)
+        grid = [split_grid(*TILES[t], PATCH, STRIDE, overlapping=split == "train") for t in tiles]
+        assert info["num_patches"] == sum(map(len, grid))
         assert info["num_patches"] == len(manifest["patches"][split])
     assert splits["train"]["unknown_pixels"] == UNKNOWN_PIXELS
     assert splits["test"]["boundary_pixels"] == sum(
@@ -259,7 +259,8 @@ def test_unknown_colours_warn_with_file_name_and_count(raw, tmp_path):
 
 
 def test_strict_mode_refuses_unknown_colours_and_writes_nothing(raw, tmp_path):
-    with pytest.raises(DataError, match=rf"top_potsdam_{UNKNOWN_TILE}_label\.tif: {UNKNOWN_PIXELS} pixels .*strict mode"):
+    message = rf"top_potsdam_{UNKNOWN_TILE}_label\.tif: {UNKNOWN_PIXELS} pixels .*strict mode"
+    with pytest.raises(DataError, match=message):
         prepare_potsdam(raw[0], tmp_path / "dst", patch_size=64, progress=False, strict=True)
     assert not (tmp_path / "dst").exists() and not list(tmp_path.iterdir())
 
@@ -290,7 +291,7 @@ def test_changed_parameters_need_force_and_force_rebuilds(raw, tmp_path):
     assert rebuilt["already_prepared"] is False
     assert json.loads((dst / "manifest.json").read_text())["parameters"]["patch_size"] == 48
     assert not (dst / "train" / "images" / "top_potsdam_2_11_00032_00000.png").exists()  # old grid gone
-    assert (dst / "train" / "images" / "top_potsdam_2_11_00048_00000.png").exists()
+    assert (dst / "train" / "images" / "top_potsdam_2_11_00022_00000.png").exists()  # 70 px: last row at 70 - 48
     assert no_leftovers(dst)
 
 

@@ -18,7 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from rsseg.data.errors import DataError, DataWarning
 from rsseg.data.submission_uavid import FrameStitcher, UAVidSubmissionWriter, write_uavid_submission
-from rsseg.data.tiling import patch_grid
+from rsseg.data.tiling import split_grid
 from rsseg.data.uavid import (
     OFFICIAL_SEQUENCES,
     OFFICIAL_TO_GEOSEG,
@@ -156,9 +156,9 @@ def test_manifest_records_parameters_splits_and_counts(prepared, raw):
     assert splits["train"]["frame_sizes"] == {"45x80": 3, "45x85": 3}
     for folder, split in SPLIT_OF.items():
         info, frames = splits[split], frames_of(folder)
-        stride = PATCH if split == "val" else STRIDE
         assert info["num_frames"] == len(frames)
-        assert info["num_patches"] == sum(len(patch_grid(*size, PATCH, stride)) for *_, size in frames)
+        grid = [split_grid(*size, PATCH, STRIDE, overlapping=split != "val") for *_, size in frames]
+        assert info["num_patches"] == sum(map(len, grid))
         assert info["num_patches"] == len(manifest["patches"][split])
         assert info["labelled"] == (split != "test")
         if split == "test":
@@ -210,7 +210,7 @@ def test_no_rows_dropped_patches_reassemble_into_the_frames_exactly(prepared, ra
                 np.testing.assert_array_equal(mask, expected["mask"], err_msg=f"{split} {key}")
 
 
-def test_a_2160_px_frame_gives_three_rows_the_last_padded_with_ignore(tmp_path):
+def test_a_2160_px_frame_gives_three_rows_aligned_for_training_padded_with_ignore_for_val(tmp_path):
     src = tmp_path / "src"
     height, width = 2160, 3840
     colours = np.empty((height, width, 3), np.uint8)
@@ -223,11 +223,15 @@ def test_a_2160_px_frame_gives_three_rows_the_last_padded_with_ignore(tmp_path):
             (src / folder / seq / sub).mkdir(parents=True)
             Image.fromarray(array).save(src / folder / seq / sub / "000000.png", compress_level=1)
     manifest = prepare_uavid(src, tmp_path / "dst", patch_size=1024, progress=False)
-    train = manifest["patches"]["train"]
-    assert sorted({p["y"] for p in train}) == [0, 1024, 2048]
-    assert sorted({p["x"] for p in train}) == [0, 1024, 2048, 3072]
-    assert len(train) == 12 and {p["height"] for p in train if p["y"] == 2048} == {112}
-    last = png(tmp_path / "dst" / "train" / "masks" / "seq1_000000_2048_0000.png")
+    train, val = manifest["patches"]["train"], manifest["patches"]["val"]
+    assert sorted({p["y"] for p in train}) == [0, 1024, 1136]  # last row aligned with the bottom edge
+    assert sorted({p["x"] for p in train}) == [0, 1024, 2048, 2816]
+    assert len(train) == 12 and {(p["height"], p["width"]) for p in train} == {(1024, 1024)}
+    bottom = png(tmp_path / "dst" / "train" / "masks" / "seq1_000000_1136_0000.png")
+    assert (bottom[-112:] == 2).all() and (bottom[:-112] == 1).all()
+    assert sorted({p["y"] for p in val}) == [0, 1024, 2048]  # val never overlaps: last row padded
+    assert len(val) == 12 and {p["height"] for p in val if p["y"] == 2048} == {112}
+    last = png(tmp_path / "dst" / "val" / "masks" / "seq16_000000_2048_0000.png")
     assert (last[:112] == 2).all() and (last[112:] == 255).all()
     counts = manifest["splits"]["train"]["pixels_per_class"]
     assert counts[2] == counts[4] == 112 * width and counts[1] == (height - 224) * width

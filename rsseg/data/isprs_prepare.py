@@ -30,7 +30,7 @@ from rsseg.data.io import read_image, write_png
 from rsseg.data.isprs import BANDS, ISPRS_CLASSES, band_statistics, check_bands, decode_isprs_label
 from rsseg.data.prepare import SplitProtocol, count_pixels, file_fingerprint, map_jobs, prepare_once
 from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
-from rsseg.data.tiling import check_window, extract_patch, patch_grid, valid_extent
+from rsseg.data.tiling import check_window, extract_patch, split_grid, valid_extent
 
 logger = logging.getLogger(__name__)
 
@@ -286,9 +286,7 @@ def cut_tile(job: TileJob, out: Path, patch_size: int, stride: int) -> dict[str,
         )
     mask, n_boundary, n_unknown = decode_isprs_label(colours, IGNORE_INDEX)
     patches = []
-    # The stride only applies to training: evaluation patches never overlap, so each pixel counts once.
-    split_stride = stride if job.split == "train" else patch_size
-    for y, x in patch_grid(height, width, patch_size, split_stride):
+    for y, x in split_grid(height, width, patch_size, stride, overlapping=job.split == "train"):
         pid = f"{job.patch_stem}_{y:05d}_{x:05d}"
         write_png(
             out / job.split / "images" / f"{pid}.png", extract_patch(image, y, x, patch_size, IMAGE_FILL)

@@ -53,6 +53,18 @@ def patch_grid(height: int, width: int, size: int, stride: int, edge: str = "pad
     return [(y, x) for y in starts(height, size, stride) for x in starts(width, size, stride)]
 
 
+def split_grid(height: int, width: int, size: int, stride: int, overlapping: bool) -> list[tuple[int, int]]:
+    """The windows ``prepare`` cuts for one split.
+
+    ``overlapping`` splits (training; predictions that are stitched back) step by ``stride`` and align
+    the last window with the edge, so a patch is padded only when the raster is smaller than a window.
+    Evaluated splits never overlap, so each pixel is scored once: stride = size, edges padded with ignore.
+    """
+    if overlapping:
+        return patch_grid(height, width, size, stride, edge="align")
+    return patch_grid(height, width, size, size, edge="pad")
+
+
 def valid_extent(height: int, width: int, y: int, x: int, size: int) -> tuple[int, int]:
     """Height and width of the part of the window at (y, x) that lies inside the raster."""
     return min(size, height - y), min(size, width - x)

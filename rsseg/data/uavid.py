@@ -35,10 +35,10 @@ are cut into image patches with their origins, ``predict`` runs over them, and
 ``rsseg.data.submission_uavid.UAVidSubmissionWriter`` stitches the patches back into full frames and
 writes the server's ``seqN/Labels/<frame>.png`` colour PNGs. ``setup("test")`` refuses.
 
-Tiling: ``patch_grid`` windows from the top-left, the last row and column padded (images 0, masks
-ignore), so a 2160-px frame with 1024-px patches gives three rows and no pixel is lost (GeoSeg crops
-the top 112 rows away). ``stride`` applies to train and test; val is always cut without overlap, so
-each val pixel is counted once in the metrics. ``stride=568`` makes three rows cover 2160 exactly.
+Tiling (``tiling.split_grid``): no pixel is lost (GeoSeg crops the top 112 rows away). Train and test
+windows step by ``stride`` with the last row and column aligned to the frame edge, so a 2160-px frame
+with 1024-px patches gives three rows without padding; val is cut without overlap (the last row and
+column padded: images 0, masks ignore), so each val pixel is counted once in the metrics.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from rsseg.data.errors import DataError, DataWarning
 from rsseg.data.io import read_image, write_png
 from rsseg.data.prepare import SplitProtocol, count_pixels, file_fingerprint, map_jobs, prepare_once
 from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
-from rsseg.data.tiling import check_window, extract_patch, patch_grid, valid_extent
+from rsseg.data.tiling import check_window, extract_patch, split_grid, valid_extent
 
 logger = logging.getLogger(__name__)
 
@@ -487,7 +487,7 @@ def cut_frame(job: FrameJob, out: Path, patch_size: int, strict: bool = False) -
             )
         mask, n_unknown, top = _decode_label_file(colours, frame.label, strict)
     patches = []
-    for y, x in patch_grid(height, width, patch_size, job.stride):
+    for y, x in split_grid(height, width, patch_size, job.stride, overlapping=job.split != "val"):
         pid = patch_id(frame.seq, frame.frame, y, x)
         write_png(out / job.split / "images" / f"{pid}.png", extract_patch(image, y, x, patch_size, IMAGE_FILL))
         if mask is not None:
