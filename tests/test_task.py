@@ -87,3 +87,9 @@ def test_bench_baselines_build_and_keep_the_input_size(arch, encoder):
     task = SMPSegmentationTask(arch=arch, encoder=encoder, num_classes=6).eval()
     with torch.no_grad():
         assert task(torch.randn(1, 3, 64, 64)).shape == (1, 6, 64, 64)
+
+
+def test_a_task_outside_a_trainer_uses_its_own_convention():
+    task = _task(exclude_from_mean=(5,))
+    task.setup("test")
+    assert task.test_metrics.class_names[0] == "class0" and task.test_metrics.exclude_from_mean == (5,)

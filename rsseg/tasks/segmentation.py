@@ -110,7 +110,7 @@ class SegmentationTask(LightningModule):
             self.test_metrics = self._make_metrics(per_class_wfm=self.hparams.test_per_class_wfm)
 
     def _make_metrics(self, per_class_wfm: bool = False) -> SegmentationMetrics:
-        spec = getattr(getattr(self, "trainer", None) and self.trainer.datamodule, "spec", None)
+        spec = getattr(self._datamodule(), "spec", None)
         class_names, exclude = None, tuple(self.hparams.exclude_from_mean)
         if spec is not None:
             if spec.num_classes != self.num_classes:
@@ -142,8 +142,12 @@ class SegmentationTask(LightningModule):
                                      batch_size=image.shape[0], blend=self.hparams.inference_blend,
                                      preprocess=preprocess, accumulate_device="cpu" if preprocess else None)
 
+    def _datamodule(self):
+        """The trainer's datamodule, or None outside a Trainer (e.g. a model used on its own)."""
+        return getattr(self._trainer, "datamodule", None)
+
     def _normaliser(self):
-        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data = self._datamodule()
         mean = torch.tensor(getattr(data, "mean", IMAGENET_MEAN)).view(1, -1, 1, 1)
         std = torch.tensor(getattr(data, "std", IMAGENET_STD)).view(1, -1, 1, 1)
         return lambda x: (x.float() / 255 - mean.to(x.device)) / std.to(x.device)
