@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rsseg.data.palette import decode_colours, pack_rgb
 from rsseg.data.prepare import SplitProtocol
 from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
 
@@ -33,27 +34,14 @@ ISPRS_BOUNDARY_RGB = (0, 0, 0)
 CLUTTER = 5
 
 
-def _pack(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.uint32)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-
-
 def decode_isprs_label(rgb: np.ndarray, ignore_index: int = IGNORE_INDEX) -> tuple[np.ndarray, int, int]:
     """Map an H×W×3 RGB label to class indices.
 
     Returns ``(mask, n_boundary, n_unknown)``: ``mask`` is uint8 with classes 0–5 and ``ignore_index``
     for boundary black and unknown colours; the counts let callers warn about unknown colours.
     """
-    if rgb.ndim != 3 or rgb.shape[-1] < 3:
-        raise ValueError(f"expected an H×W×3 RGB label, got shape {rgb.shape}")
-    codes = _pack(rgb[..., :3])
-    mask = np.full(codes.shape, ignore_index, dtype=np.uint8)
-    known = np.zeros(codes.shape, dtype=bool)
-    for index, colour in enumerate(ISPRS_PALETTE):
-        hit = codes == _pack(np.array(colour))
-        mask[hit] = index
-        known |= hit
-    boundary = codes == _pack(np.array(ISPRS_BOUNDARY_RGB))
+    mask, known, codes = decode_colours(rgb, ISPRS_PALETTE, ignore_index)
+    boundary = codes == pack_rgb(ISPRS_BOUNDARY_RGB)
     n_boundary = int(boundary.sum())
     n_unknown = int((~known & ~boundary).sum())
     return mask, n_boundary, n_unknown

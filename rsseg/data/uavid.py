@@ -61,6 +61,7 @@ from torch.utils.data.distributed import DistributedSampler
 from rsseg.data.base import PatchDataModule, PreparedPatchDataset, normalise
 from rsseg.data.errors import DataError, DataWarning
 from rsseg.data.io import read_image, write_png
+from rsseg.data.palette import decode_colours, pack_rgb
 from rsseg.data.prepare import SplitProtocol, count_pixels, file_fingerprint, map_jobs, prepare_once
 from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
 from rsseg.data.tiling import check_window, extract_patch, split_grid, valid_extent
@@ -166,12 +167,7 @@ UAVID_SPEC = uavid_spec()
 # Colours
 
 
-def _pack(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.uint32)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-
-
-_PALETTE_CODES = _pack(np.array(UAVID_PALETTE, dtype=np.uint8))
+_PALETTE_CODES = pack_rgb(UAVID_PALETTE)
 
 
 def decode_uavid_label(rgb: np.ndarray, ignore_index: int = IGNORE_INDEX) -> tuple[np.ndarray, int]:
@@ -179,19 +175,14 @@ def decode_uavid_label(rgb: np.ndarray, ignore_index: int = IGNORE_INDEX) -> tup
 
     Unknown colours become ``ignore_index``, never a class.
     """
-    if rgb.ndim != 3 or rgb.shape[-1] < 3:
-        raise ValueError(f"expected an H×W×3 RGB label, got shape {rgb.shape}")
-    codes = _pack(rgb[..., :3])
-    mask = np.full(codes.shape, ignore_index, dtype=np.uint8)
-    for index, code in enumerate(_PALETTE_CODES):
-        mask[codes == code] = index
-    n_unknown = int(np.count_nonzero(mask == ignore_index)) if ignore_index >= NUM_CLASSES else 0
+    mask, known, _ = decode_colours(rgb, UAVID_PALETTE, ignore_index)
+    n_unknown = int(np.count_nonzero(~known))
     return mask, n_unknown
 
 
 def unknown_colours(rgb: np.ndarray, top: int = 3) -> list[tuple[tuple[int, int, int], int]]:
     """The most frequent colours outside the UAVid table, with their pixel counts (for messages)."""
-    codes = _pack(rgb[..., :3]).ravel()
+    codes = pack_rgb(rgb[..., :3]).ravel()
     codes = codes[~np.isin(codes, _PALETTE_CODES)]
     values, counts = np.unique(codes, return_counts=True)
     order = np.argsort(-counts, kind="stable")[:top]
