@@ -22,7 +22,9 @@ PNG_COMPRESS_LEVEL = 1  # lossless either way; level 1 writes several times fast
 def read_image(path: str | Path) -> np.ndarray:
     """Read a raster as uint8, H×W×C (bands last) or H×W for a single band.
 
-    Raises DataError naming ``path`` when the file is missing, unreadable, truncated, empty or not 8-bit.
+    1-bit masks and 16-bit files whose values fit in 8 bits are converted losslessly (LAVT-lineage
+    loaders read such masks). Raises DataError naming ``path`` when the file is missing, unreadable,
+    truncated, empty or holds values beyond 8 bits.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -50,8 +52,10 @@ def read_image(path: str | Path) -> np.ndarray:
             f"{path}: cannot read image (decoded shape {array.shape}); "
             "the file may be corrupt or truncated, re-extract it from the archive"
         )
+    if array.dtype == np.bool_ or (array.dtype == np.uint16 and array.max(initial=0) <= 255):
+        array = array.astype(np.uint8)  # 1-bit masks and 16-bit files holding 8-bit values: lossless
     if array.dtype != np.uint8:
-        raise DataError(f"{path}: expected 8-bit pixels, found {array.dtype}")
+        raise DataError(f"{path}: expected 8-bit pixels, found {array.dtype} (values up to {array.max()})")
     return array
 
 
