@@ -26,11 +26,11 @@ import numpy as np
 
 from rsseg.data.base import PatchDataModule, PreparedPatchDataset, open_prepared_root
 from rsseg.data.errors import DataError, DataWarning
-from rsseg.data.io import read_image, write_png
+from rsseg.data.io import read_image
 from rsseg.data.isprs import BANDS, ISPRS_CLASSES, band_statistics, check_bands, decode_isprs_label
 from rsseg.data.prepare import SplitProtocol, count_pixels, file_fingerprint, map_jobs, prepare_once
 from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
-from rsseg.data.tiling import check_window, extract_patch, split_grid, valid_extent
+from rsseg.data.tiling import check_window, split_grid, write_patches
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def prepare_isprs(
     spec: DatasetSpec,
     files: dict[str, dict[str, Path]],
     patch_size: int,
-    stride: int,
+    stride: int | None,
     test_labels: str,
     force: bool,
     progress: bool,
@@ -201,6 +201,7 @@ def prepare_isprs(
     strict: bool = False,
 ) -> dict[str, Any]:
     """Cut the planned tiles into ``dst/{split}/{images,masks}/<patch_id>.png`` through ``prepare_once``."""
+    stride = patch_size if stride is None else stride
     check_window(patch_size, stride)
     jobs, missing = plan_tiles(files, protocol, test_labels, src, layout)
     sources = sorted(
@@ -285,28 +286,10 @@ def cut_tile(job: TileJob, out: Path, patch_size: int, stride: int) -> dict[str,
             f"{job.label} is {colours.shape[0]}×{colours.shape[1]}"
         )
     mask, n_boundary, n_unknown = decode_isprs_label(colours, IGNORE_INDEX)
-    patches = []
-    for y, x in split_grid(height, width, patch_size, stride, overlapping=job.split == "train"):
-        pid = f"{job.patch_stem}_{y:05d}_{x:05d}"
-        write_png(
-            out / job.split / "images" / f"{pid}.png", extract_patch(image, y, x, patch_size, IMAGE_FILL)
-        )
-        write_png(
-            out / job.split / "masks" / f"{pid}.png", extract_patch(mask, y, x, patch_size, IGNORE_INDEX)
-        )
-        valid_h, valid_w = valid_extent(height, width, y, x, patch_size)
-        patches.append(
-            {
-                "id": pid,
-                "tile": job.tile,
-                "y": y,
-                "x": x,
-                "height": valid_h,
-                "width": valid_w,
-                "tile_height": height,
-                "tile_width": width,
-            }
-        )
+    origins = split_grid(height, width, patch_size, stride, overlapping=job.split == "train")
+    patches = write_patches(out / job.split, image, mask, origins, patch_size,
+                            name=lambda y, x: f"{job.patch_stem}_{y:05d}_{x:05d}", meta={"tile": job.tile},
+                            image_fill=IMAGE_FILL, mask_fill=IGNORE_INDEX)
     return {
         "job": job,
         "height": height,

@@ -206,7 +206,6 @@ def prepare_potsdam(
     RGBA PNG). ``workers`` > 1 cuts tiles in parallel processes (≈7 s per 6000² tile on one core).
     """
     src = Path(src)
-    stride = patch_size if stride is None else stride
     layout = potsdam_layout(bands)
     split_protocol = get_protocol(protocol)
     spec = potsdam_spec(protocol, test_labels)

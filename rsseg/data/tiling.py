@@ -10,7 +10,12 @@ more and nothing is padded unless the raster is smaller than one window.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
+
+from rsseg.data.io import write_png
 
 
 def axis_starts(length: int, size: int, stride: int) -> list[int]:
@@ -78,3 +83,32 @@ def extract_patch(array: np.ndarray, y: int, x: int, size: int, fill: int) -> np
     patch = np.full((size, size, *array.shape[2:]), fill, dtype=array.dtype)
     patch[: window.shape[0], : window.shape[1]] = window
     return patch
+
+
+def write_patches(
+    split_dir: Path,
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    origins: list[tuple[int, int]],
+    size: int,
+    name: Callable[[int, int], str],
+    meta: dict,
+    image_fill: int = 0,
+    mask_fill: int = 255,
+) -> list[dict]:
+    """Write the windows at ``origins`` to ``split_dir/{images,masks}/<name(y, x)>.png``; return their records.
+
+    Each record holds the patch id, ``meta`` (e.g. the tile), the origin, the valid (unpadded) size and
+    the source size: what stitching and evaluation need. ``mask`` None writes images only (private labels).
+    """
+    height, width = image.shape[:2]
+    records = []
+    for y, x in origins:
+        pid = name(y, x)
+        write_png(split_dir / "images" / f"{pid}.png", extract_patch(image, y, x, size, image_fill))
+        if mask is not None:
+            write_png(split_dir / "masks" / f"{pid}.png", extract_patch(mask, y, x, size, mask_fill))
+        valid_h, valid_w = valid_extent(height, width, y, x, size)
+        records.append({"id": pid, **meta, "y": y, "x": x, "height": valid_h, "width": valid_w,
+                        "tile_height": height, "tile_width": width})
+    return records

@@ -60,11 +60,11 @@ from torch.utils.data.distributed import DistributedSampler
 
 from rsseg.data.base import PatchDataModule, PreparedPatchDataset, normalise
 from rsseg.data.errors import DataError, DataWarning
-from rsseg.data.io import read_image, write_png
+from rsseg.data.io import read_image
 from rsseg.data.palette import decode_colours, pack_rgb
 from rsseg.data.prepare import SplitProtocol, count_pixels, file_fingerprint, map_jobs, prepare_once
 from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
-from rsseg.data.tiling import check_window, extract_patch, split_grid, valid_extent
+from rsseg.data.tiling import check_window, split_grid, write_patches
 
 logger = logging.getLogger(__name__)
 
@@ -477,27 +477,11 @@ def cut_frame(job: FrameJob, out: Path, patch_size: int, strict: bool = False) -
                 f"{frame.label} is {colours.shape[0]}×{colours.shape[1]}"
             )
         mask, n_unknown, top = _decode_label_file(colours, frame.label, strict)
-    patches = []
-    for y, x in split_grid(height, width, patch_size, job.stride, overlapping=job.split != "val"):
-        pid = patch_id(frame.seq, frame.frame, y, x)
-        write_png(out / job.split / "images" / f"{pid}.png", extract_patch(image, y, x, patch_size, IMAGE_FILL))
-        if mask is not None:
-            write_png(out / job.split / "masks" / f"{pid}.png", extract_patch(mask, y, x, patch_size, IGNORE_INDEX))
-        valid_h, valid_w = valid_extent(height, width, y, x, patch_size)
-        patches.append(
-            {
-                "id": pid,
-                "tile": frame.key,
-                "seq": frame.seq,
-                "frame": frame.frame,
-                "y": y,
-                "x": x,
-                "height": valid_h,
-                "width": valid_w,
-                "tile_height": height,
-                "tile_width": width,
-            }
-        )
+    origins = split_grid(height, width, patch_size, job.stride, overlapping=job.split != "val")
+    patches = write_patches(out / job.split, image, mask, origins, patch_size,
+                            name=lambda y, x: patch_id(frame.seq, frame.frame, y, x),
+                            meta={"tile": frame.key, "seq": frame.seq, "frame": frame.frame},
+                            image_fill=IMAGE_FILL, mask_fill=IGNORE_INDEX)
     return {
         "job": job,
         "height": height,

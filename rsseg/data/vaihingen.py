@@ -198,7 +198,6 @@ def prepare_vaihingen(
     if bands != BANDS:
         raise ValueError(f"Vaihingen ships {BANDS} images only, got bands={bands!r}")
     src = Path(src)
-    stride = patch_size if stride is None else stride
     split_protocol = get_protocol(protocol)
     spec = vaihingen_spec(protocol, test_labels)
     files = find_vaihingen_files(src)
