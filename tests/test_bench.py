@@ -75,6 +75,23 @@ def test_plan_errors_name_the_problem():
         load_plan("potsdam", "smoke", ["unknown-method"])
 
 
+def test_smoke_profile_layers_method_and_dataset_overrides(tmp_path):
+    plan = load_plan("potsdam", "smoke")
+    assert "d2ls" in plan.configs
+    args = plan.config_args("d2ls")
+    assert [a.split("experiments/")[-1] for a in args[1::2]] == [
+        "d2ls/potsdam.yaml", "d2ls/smoke.yaml", "smoke/potsdam.yaml"
+    ]
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "potsdam.yaml").write_text("{}")
+    (tmp_path / "bench" / "potsdam.yaml").write_text(
+        "methods: [unet]\nprofiles:\n  smoke: {method_config: smoke.yaml}\n"
+    )
+    with pytest.raises(ValueError, match="needs .*unet/smoke.yaml"):
+        load_plan("potsdam", "smoke", experiments=tmp_path)
+
+
 def test_wandb_is_offline_unless_configured(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

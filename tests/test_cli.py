@@ -13,11 +13,12 @@ from rsseg.cli import main
 REPO = Path(__file__).resolve().parents[1]
 UNET = str(REPO / "experiments/unet/potsdam.yaml")
 SMOKE = str(REPO / "experiments/smoke/potsdam.yaml")
+UNET_SMOKE = str(REPO / "experiments/unet/smoke.yaml")
 
 
 def _tiny_args(root: Path, out: Path) -> list[str]:
     return [
-        "--config", UNET, "--config", SMOKE,
+        "--config", UNET, "--config", UNET_SMOKE, "--config", SMOKE,
         "--data.init_args.root", str(root),
         "--data.init_args.crop_size", "64",
         "--data.init_args.batch_size", "2",

@@ -1,7 +1,9 @@
 """The bench plan of a dataset: which methods run, and each profile's preparation and overrides.
 
 Plans live in ``experiments/bench/<dataset>.yaml``; each method's full config is
-``experiments/<method>/<dataset>.yaml`` and a profile may add one override config (e.g. the smoke run).
+``experiments/<method>/<dataset>.yaml``. A profile may add a dataset override config (``config``, e.g. the
+smoke run's steps and crops) and a per-method one (``method_config: smoke.yaml`` reads
+``experiments/<method>/smoke.yaml``, e.g. a small offline backbone), applied in that order after the method's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ class BenchPlan:
     configs: dict[str, Path]  # method → its config file, in run order
     prepare: dict = field(default_factory=dict)
     overrides: Path | None = None
+    method_overrides: dict[str, Path] = field(default_factory=dict)  # method → its profile override
+
+    def config_args(self, method: str) -> list[str]:
+        """``--config`` arguments of one method: its config, then the profile's method and dataset overrides."""
+        files = [self.configs[method], self.method_overrides.get(method), self.overrides]
+        return [arg for f in files if f is not None for arg in ("--config", str(f))]
 
 
 def load_plan(dataset: str, profile: str, methods: list[str] | None = None,
@@ -51,10 +59,17 @@ def load_plan(dataset: str, profile: str, methods: list[str] | None = None,
             raise PlanError(f"{path}: method {method!r} has no config {config}")
     chosen = profiles[profile] or {}
     overrides = chosen.get("config")
+    method_overrides = {}
+    if chosen.get("method_config"):
+        method_overrides = {m: experiments / m / chosen["method_config"] for m in configs}
+        for method, config in method_overrides.items():
+            if not config.is_file():
+                raise PlanError(f"{path}: profile {profile!r} needs {config} for method {method!r}")
     return BenchPlan(
         dataset=dataset,
         profile=profile,
         configs=configs,
         prepare=dict(chosen.get("prepare", {})),
         overrides=experiments / overrides if overrides else None,
+        method_overrides=method_overrides,
     )

@@ -45,10 +45,8 @@ def run_method(method: str, config: Path, plan: BenchPlan, root: Path, run_dir: 
 
     method_dir = run_dir / method
     method_dir.mkdir(parents=True, exist_ok=True)
-    args = ["--config", str(config)]
-    if plan.overrides is not None:
-        args += ["--config", str(plan.overrides)]
-    args += [
+    args = [
+        *plan.config_args(method),
         "--data.init_args.root", str(root),
         "--trainer.default_root_dir", str(method_dir),
         "--trainer.logger", _wandb_logger(method_dir, group, method),

@@ -1,0 +1,5 @@
+"""Networks as plain nn.Modules (training logic lives in rsseg.tasks)."""
+
+from rsseg.models.d2ls import D2LS
+
+__all__ = ["D2LS"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from lightning import LightningModule
-from segmentation_models_pytorch.losses import DiceLoss, SoftCrossEntropyLoss
+from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 
 from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD
@@ -26,21 +26,32 @@ SCHEDULERS = ("cosine", "poly", "none")
 
 
 class SegmentationLoss(nn.Module):
-    """``ce``: cross-entropy; ``ce+dice``: soft CE (label smoothing) + Dice, the UNetFormer loss."""
+    """``ce``: cross-entropy; ``ce+dice``: label-smoothed CE + Dice, the UNetFormer loss.
 
-    def __init__(self, kind: str = "ce", ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0):
+    The CE is torch's, averaged over the pixels that are not ignored (smp's ``SoftCrossEntropyLoss``,
+    used by GeoSeg, divides by all pixels, ignored ones included). Dice is 1 − (2·Σpy + s)/(Σp + Σy + s)
+    per class present in the target, averaged over all classes (GeoSeg's form); smp's ``DiceLoss``
+    computes (Σpy + s')/((Σp + Σy)/2 + s'), the same with s' = s/2.
+    """
+
+    def __init__(self, kind: str = "ce", ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0,
+                 dice_smooth: float = 0.0):
         super().__init__()
         if kind not in LOSSES:
             raise ValueError(f"unknown loss {kind!r}; choose one of {LOSSES}")
         self.kind = kind
-        self.ce = SoftCrossEntropyLoss(smooth_factor=label_smoothing, ignore_index=ignore_index)
-        self.dice = DiceLoss("multiclass", ignore_index=ignore_index) if kind == "ce+dice" else None
+        self.ce = nn.CrossEntropyLoss(ignore_index=ignore_index, label_smoothing=label_smoothing)
+        self.dice = DiceLoss("multiclass", ignore_index=ignore_index, smooth=dice_smooth / 2)
+
+    def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each term of the loss by name (``ce``, and ``dice`` for ``ce+dice``)."""
+        terms = {"ce": self.ce(logits, target)}
+        if self.kind == "ce+dice":
+            terms["dice"] = self.dice(logits, target)
+        return terms
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = self.ce(logits, target)
-        if self.dice is not None:
-            loss = loss + self.dice(logits, target)
-        return loss
+        return sum(self.terms(logits, target).values())
 
 
 class SegmentationTask(LightningModule):
@@ -191,9 +202,10 @@ class SegmentationTask(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         encoder = {id(p) for p in self.encoder_parameters()}
+        trainable = [p for p in self.parameters() if p.requires_grad]  # frozen backbones stay out
         groups = [
-            {"params": [p for p in self.parameters() if id(p) not in encoder], "lr": hp.lr},
-            {"params": [p for p in self.parameters() if id(p) in encoder], "lr": hp.lr * hp.encoder_lr_mult},
+            {"params": [p for p in trainable if id(p) not in encoder], "lr": hp.lr},
+            {"params": [p for p in trainable if id(p) in encoder], "lr": hp.lr * hp.encoder_lr_mult},
         ]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=hp.weight_decay)
         if hp.scheduler == "none" and hp.warmup_steps == 0:
