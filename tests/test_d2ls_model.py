@@ -160,3 +160,14 @@ def test_table10_parameters_and_flops():
         net(image)
     macs = counter.get_total_flops() / 2  # torch counts 2 FLOPs per multiply-add; the paper counts MACs
     assert macs == pytest.approx(89.2e9, rel=0.04)
+
+
+def test_folded_aggregator_equals_concatenation():
+    """Eq. 10 applied per stage before the interpolation gives E_0 of the concatenate-then-MLP order."""
+    net = _net().eval()
+    image = torch.randn(2, 3, 96, 160)
+    with torch.no_grad():
+        folded, _ = net.encoder(image)
+        net.encoder.fold_aggregator = False
+        concatenated, _ = net.encoder(image)
+    torch.testing.assert_close(folded, concatenated, rtol=1e-4, atol=1e-5)

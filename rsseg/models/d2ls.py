@@ -173,9 +173,15 @@ def _mlp(dims: list[int]) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    """Backbone stages → per-stage MLP → interpolation to stride 4 (Eq. 9) → aggregator MLP (Eq. 10)."""
+    """Backbone stages → per-stage MLP → interpolation to stride 4 (Eq. 9) → aggregator MLP (Eq. 10).
 
-    def __init__(self, backbone: nn.Module, dim: int, aggregator: bool) -> None:
+    The aggregator is a linear map of the concatenation, i.e. Σ_i W_i·F'_i with W_i its i-th column
+    block, and 1×1 maps commute with bilinear interpolation. So each W_i is applied before the
+    interpolation, at its stage's resolution (``fold_aggregator``, the default): the same E_0 (up to
+    float rounding) without the 4·C'-channel concatenation at stride 4, and ≈ 3 GMAC less at 512².
+    """
+
+    def __init__(self, backbone: nn.Module, dim: int, aggregator: bool, fold_aggregator: bool = True) -> None:
         super().__init__()
         self.backbone = backbone
         channels = backbone.feature_info.channels()
@@ -183,17 +189,24 @@ class Encoder(nn.Module):
             raise ValueError(f"D2LS needs four backbone stages, the backbone gives {len(channels)}")
         self.stage_mlps = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in channels)  # a Linear per pixel
         self.aggregator = nn.Conv2d(4 * dim, dim, 1, bias=False) if aggregator else None
+        self.fold_aggregator = fold_aggregator
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         """E_0 (B×C'×H/4×W/4) and the highest-level backbone feature F_4 for the modulator."""
         features = self.backbone(image)
         size = features[0].shape[-2:]
-        mapped = [
-            F.interpolate(mlp(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else mlp(f)
-            for mlp, f in zip(self.stage_mlps, features, strict=True)
-        ]
-        fused = self.aggregator(torch.cat(mapped, 1)) if self.aggregator is not None else sum(mapped)
+        mapped = [mlp(f) for mlp, f in zip(self.stage_mlps, features, strict=True)]
+        if self.aggregator is None:
+            return sum(_resize(m, size) for m in mapped), features[-1]
+        if not self.fold_aggregator:
+            return self.aggregator(torch.cat([_resize(m, size) for m in mapped], 1)), features[-1]
+        blocks = self.aggregator.weight.chunk(4, dim=1)
+        fused = sum(_resize(F.conv2d(m, w), size) for m, w in zip(mapped, blocks, strict=True))
         return fused, features[-1]
+
+
+def _resize(x: Tensor, size: torch.Size) -> Tensor:
+    return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class Modulator(nn.Module):
