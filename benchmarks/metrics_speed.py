@@ -5,7 +5,10 @@
   both give the same score (max |Δ| reported; "identical" means ≤ 1e-6);
 * the semantic suite (SegmentationMetrics) per batch of logits, on CPU or ``--device cuda``, next to
   torchmetrics' MulticlassConfusionMatrix on the same batch;
-* IDGBR's boundary WF and the per-class WF option, per image.
+* IDGBR's boundary WF and the per-class WF option, per image;
+* the per-class WF of a batch of label maps with the batched torch path (``wfm_device="same"``) on
+  ``--device``, eager and (CUDA) compiled, next to the numpy path on the same batch, with the scores
+  compared and the time projected to the 2,016 Potsdam test patches.
 
 Usage: python benchmarks/metrics_speed.py [--device cpu|cuda] [--quick]
 """
@@ -26,7 +29,10 @@ import torch
 
 from rsseg.metrics import BoundaryWFMeasure, SegmentationMetrics
 from rsseg.metrics.semantic import metrics_from_confusion_matrix
-from rsseg.metrics.wfmeasure import weighted_fmeasure
+from rsseg.metrics.wfmeasure import fixed_point_mean, per_class_wfm_update, weighted_fmeasure
+from rsseg.metrics.wfmeasure_torch import per_class_wfm_update_torch
+
+POTSDAM_TEST_PATCHES = 2016  # 512² patches of the Potsdam test tiles (UNetFormer protocol)
 
 
 def environment(device: str) -> dict:
@@ -164,11 +170,100 @@ def bench_semantic(device: str, batch: int, classes: int, size: int, repeats: in
     return records
 
 
-def bench_per_image(kind: str, size: int, classes: int, images: int, repeats: int) -> dict:
-    g = torch.Generator().manual_seed(1)
+def blocky_labels(images: int, size: int, classes: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and target label maps: 32-px blocks of random classes, 5 % of the pixels shifted by 3 px."""
+    g = torch.Generator().manual_seed(seed)
     coarse = torch.randint(0, classes, (images, 1, size // 32, size // 32), generator=g).float()
     target = torch.nn.functional.interpolate(coarse, size=(size, size), mode="nearest")[:, 0].long()
     pred = torch.where(torch.rand(target.shape, generator=g) < 0.95, target, torch.roll(target, 3, 2))
+    return pred, target
+
+
+def scene_labels(images: int, size: int, classes: int, seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Potsdam-like label maps: large blocks of the first classes, small discs of the last-but-one class
+    ("car", far apart, so its distance transform reaches the 282-px cap in places), a rare last class
+    ("clutter", absent from most images), an unlabelled border, and predictions with shifted edges."""
+    rng = np.random.default_rng(seed)
+    target = np.zeros((images, size, size), np.int64)
+    for i in range(images):
+        coarse = rng.integers(0, classes - 2, size=(size // 64, size // 64))
+        t = np.kron(coarse, np.ones((64, 64), np.int64))
+        t = np.roll(t, tuple(int(v) for v in rng.integers(0, 64, 2)), (0, 1)).astype(np.int32)
+        for _ in range(int(rng.integers(1, 12))):
+            centre = (int(rng.integers(0, size)), int(rng.integers(0, size)))
+            cv2.circle(t, centre, int(rng.integers(3, 10)), classes - 2, -1)
+        if rng.random() < 0.3:
+            t[rng.integers(0, size - 40) :][:40, :60] = classes - 1
+        t[:, :2] = 255
+        target[i] = t
+    target = torch.from_numpy(target)
+    noisy = torch.from_numpy(rng.random(target.shape) < 0.03)
+    pred = torch.where(noisy, torch.roll(target, 2, 1), target)
+    return torch.where(pred == 255, 0, pred), target
+
+
+def bench_per_class_torch(device: str, images: int, size: int, classes: int, repeats: int) -> dict:
+    """Per-class WF of one batch: numpy path (CPU, one thread) vs the torch path on ``device``."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    pred, target = scene_labels(images, size, classes)
+    pred_d, target_d = pred.to(device), target.to(device)
+
+    def numpy_path():
+        return per_class_wfm_update(pred, target, classes, 255)
+
+    def torch_path(use_compile: bool):
+        return per_class_wfm_update_torch(pred_d, target_d, classes, 255, use_compile=use_compile)
+
+    ref = numpy_path()
+    t_numpy = timed(numpy_path, repeats)
+    got = torch_path(False)
+    t_eager = timed(lambda: torch_path(False), repeats, sync)
+    results = {"eager": got}
+    t_compiled, compile_s, compile_error = None, None, None
+    if device == "cuda":
+        t0 = time.perf_counter()
+        try:
+            results["compiled"] = torch_path(True)  # first call compiles pass 2
+            sync()
+            compile_s = time.perf_counter() - t0
+            t_compiled = timed(lambda: torch_path(True), repeats, sync)
+        except Exception as err:  # record it: the eager numbers still stand
+            compile_error = repr(err)[:300]
+    ref_means = np.array(fixed_point_mean(*ref))
+    worst = 0.0
+    for sums, counts in results.values():
+        assert torch.equal(counts, ref[1]), "per-class image counts differ from the numpy path"
+        worst = max(worst, float(np.nanmax(np.abs(np.array(fixed_point_mean(sums, counts)) - ref_means))))
+
+    def ms(t: list[float] | None) -> float | None:
+        return None if t is None else round(statistics.median(t) * 1e3, 1)
+
+    def projected_s(t: list[float] | None) -> float | None:
+        return None if t is None else round(statistics.median(t) * POTSDAM_TEST_PATCHES / images, 1)
+
+    best = statistics.median(t_compiled or t_eager)
+    return {
+        "measurement": "per_class_wf_torch_per_batch",
+        "wfm_device": device,
+        "images": images,
+        "size": size,
+        "classes": classes,
+        "numpy_ms": ms(t_numpy),
+        "torch_eager_ms": ms(t_eager),
+        "torch_compiled_ms": ms(t_compiled),
+        "compile_s": None if compile_s is None else round(compile_s, 1),
+        "compile_error": compile_error,
+        "projected_2016_numpy_s": projected_s(t_numpy),
+        "projected_2016_torch_eager_s": projected_s(t_eager),
+        "projected_2016_torch_compiled_s": projected_s(t_compiled),
+        "speedup_vs_numpy": round(statistics.median(t_numpy) / best, 2),
+        "max_abs_diff_class_means": worst,
+        "repeats": repeats,
+    }
+
+
+def bench_per_image(kind: str, size: int, classes: int, images: int, repeats: int) -> dict:
+    pred, target = blocky_labels(images, size, classes)
     if kind == "boundary":
         metric = BoundaryWFMeasure()
     else:
@@ -200,6 +295,8 @@ def main() -> None:
         records += bench_semantic("cuda", 8, 6, 512, reps * 2)
     records.append(bench_per_image("boundary", 512, 6, 2, max(2, reps // 3)))
     records.append(bench_per_image("per_class", 512, 6, 2, max(2, reps // 3)))
+    images = 4 if args.quick and args.device == "cpu" else 16
+    records.append(bench_per_class_torch(args.device, images, 512, 6, max(1, reps // 3)))
     print(json.dumps([{"benchmark": "metrics_speed", **env, **r} for r in records], indent=1))
 
 

@@ -73,6 +73,8 @@ class SegmentationTask(LightningModule):
         inference_blend: ``"gaussian"`` (centre-weighted) or ``"uniform"`` blending of overlaps.
         test_per_class_wfm: add per-class weighted F-measure (``WFm/<class>``, ``mWFm``) to the test
             metrics; computed in ``wfm_workers`` background threads while inference goes on.
+        wfm_device: ``"cpu"`` (numpy/OpenCV in those threads) or ``"same"`` (batched torch on the
+            predictions' device, for GPUs; same scores, see :class:`rsseg.metrics.SegmentationMetrics`).
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class SegmentationTask(LightningModule):
         inference_blend: str = "gaussian",
         test_per_class_wfm: bool = True,
         wfm_workers: int = 2,
+        wfm_device: str = "cpu",
     ):
         super().__init__()
         if num_classes is None or num_classes < 2:
@@ -131,7 +134,7 @@ class SegmentationTask(LightningModule):
             class_names, exclude = list(spec.classes), tuple(spec.exclude_from_mean)
         return SegmentationMetrics(
             self.num_classes, ignore_index=self.ignore_index, exclude_from_mean=exclude, class_names=class_names,
-            per_class_wfm=per_class_wfm, wfm_workers=self.hparams.wfm_workers,
+            per_class_wfm=per_class_wfm, wfm_workers=self.hparams.wfm_workers, wfm_device=self.hparams.wfm_device,
         )
 
     # --- steps -------------------------------------------------------------------------------
