@@ -32,18 +32,23 @@ EVALUATION = {
 }
 
 
+def tiny_synthetic_root(dataset: str, tmp_path: Path) -> Path:
+    """A tiny synthetic twin of ``dataset`` under ``tmp_path``, prepared (128² patches) where it needs it."""
+    raw = tmp_path / "raw"
+    functools.partial(SYNTHESIZERS[dataset], **TINY_SYNTH[dataset])(raw)
+    if dataset not in PREPARERS:
+        return raw
+    PREPARERS[dataset](raw, tmp_path / "prepared", patch_size=128, progress=False)
+    return tmp_path / "prepared"
+
+
 def test_every_semantic_dataset_is_covered():
     assert set(TINY_SYNTH) == set(DATAMODULES) - {"refsegrs"} == set(SYNTHESIZERS) - {"refsegrs"}
 
 
 @pytest.mark.parametrize("dataset", sorted(TINY_SYNTH))
 def test_fit_and_evaluate_on_the_synthetic_twin(dataset, tmp_path):
-    raw = tmp_path / "raw"
-    functools.partial(SYNTHESIZERS[dataset], **TINY_SYNTH[dataset])(raw)
-    root = raw
-    if dataset in PREPARERS:
-        root = tmp_path / "prepared"
-        PREPARERS[dataset](raw, root, patch_size=128, progress=False)
+    root = tiny_synthetic_root(dataset, tmp_path)
     command, data_args = EVALUATION[dataset]
     config = {
         "trainer": {"accelerator": "cpu", "max_steps": 2, "logger": False, "enable_checkpointing": False,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
@@ -13,13 +12,12 @@ from lightning import Trainer, seed_everything
 
 from rsseg.cli import main
 from rsseg.data.potsdam import PotsdamDataModule
-from rsseg.data.registry import DATAMODULES, PREPARERS
-from rsseg.data.synthetic import SYNTHESIZERS
+from rsseg.data.registry import DATAMODULES
 from rsseg.metrics import SegmentationMetrics
 from rsseg.models.d2ls import D2LSOutput
 from rsseg.tasks import D2LSTask
 from rsseg.tasks.d2ls import D2LSLoss
-from tests.test_cli_datasets import EVALUATION, TINY_SYNTH
+from tests.test_cli_datasets import EVALUATION, TINY_SYNTH, tiny_synthetic_root
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"backbone": "convnext_atto", "pretrained": False, "embed_dim": 64, "num_heads": 4, "drop_path_rate": 0.0}
@@ -126,12 +124,7 @@ CONFIG_NAMES = {"chn6cug": "chn6_cug"}
 @pytest.mark.parametrize("dataset", sorted(TINY_SYNTH))
 def test_every_config_runs_with_its_smoke_profile(dataset, tmp_path):
     """experiments/d2ls/<dataset>.yaml + d2ls/smoke.yaml + smoke/<dataset>.yaml fit and evaluate through the CLI."""
-    raw = tmp_path / "raw"
-    functools.partial(SYNTHESIZERS[dataset], **TINY_SYNTH[dataset])(raw)
-    root = raw
-    if dataset in PREPARERS:
-        root = tmp_path / "prepared"
-        PREPARERS[dataset](raw, root, patch_size=128, progress=False)
+    root = tiny_synthetic_root(dataset, tmp_path)
     command, data_args = EVALUATION[dataset]
     name = CONFIG_NAMES.get(dataset, dataset)
     tiny = tmp_path / "tiny.yaml"
