@@ -24,11 +24,11 @@ LIGHTNING_COMMANDS = {
 
 def _lightning_cli(args: Sequence[str], run: bool = True):
     """Build the LightningCLI; model and datamodule are chosen by ``class_path``."""
-    from lightning import LightningDataModule
+    from lightning import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
     import rsseg.data  # noqa: F401  (short class names in configs)
-    from rsseg.tasks import SegmentationTask
+    import rsseg.tasks  # noqa: F401
 
     class RssegCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -37,7 +37,7 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
     # LightningCLI reads ``args``; sys.argv may hold another command's arguments (bench, pytest).
     with patch.object(sys, "argv", sys.argv[:1]):
         return RssegCLI(
-            SegmentationTask,
+            LightningModule,
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,

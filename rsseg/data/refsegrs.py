@@ -169,8 +169,10 @@ def load_tokenizer(name_or_path: str):
     """A Hugging Face tokenizer by hub id or local folder; cached, so splits share one instance."""
     from transformers import AutoTokenizer  # heavy import, only when a dataset is built
 
+    from rsseg.pretrained import resolve
+
     try:
-        return AutoTokenizer.from_pretrained(str(name_or_path))
+        return AutoTokenizer.from_pretrained(resolve(name_or_path))
     except (OSError, ValueError) as error:
         raise DataError(
             f"cannot load tokenizer {name_or_path!r} ({type(error).__name__}: {error}); without internet "

@@ -1,6 +1,7 @@
 """LightningModules: training and evaluation logic for each method."""
 
 from rsseg.tasks.d2ls import D2LSTask
+from rsseg.tasks.danet import DANetTask, ReferringLoss
 from rsseg.tasks.segmentation import SegmentationTask, SMPSegmentationTask
 
-__all__ = ["D2LSTask", "SegmentationTask", "SMPSegmentationTask"]
+__all__ = ["D2LSTask", "DANetTask", "ReferringLoss", "SegmentationTask", "SMPSegmentationTask"]

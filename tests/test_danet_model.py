@@ -1,0 +1,272 @@
+"""DANet / LAVT networks: shapes, each equation on hand-checked cases, switches, parameter counts, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rsseg.models.danet import (
+    DANet,
+    ReliableAgentAlignment,
+    affinity_alignment_loss,
+    affinity_loss,
+    pseudo_labels,
+    self_affinity,
+    target_affinity,
+)
+from rsseg.models.lavt import PixelWordAttention, TextEncoder, TextFeatures
+from rsseg.tasks.danet import DANetTask, ReferringLoss
+
+TINY_SWIN = {"embed_dim": 16, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 2, 4), "window_size": 4}
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 64, "vocab_size": 500}
+TINY = dict(pretrained=False, backbone_kwargs=TINY_SWIN, text_pretrained=False, text_config=TINY_BERT,
+            decoder_channels=32, num_agents=4, key_dim=16, agent_heads=2, agent_ffn_dim=64, drop_path_rate=0.0)
+
+
+def tokens(batch: int, length: int = 12, valid: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(5, 500, (batch, length))
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for b, n in enumerate(valid):
+        mask[b, n:] = 0
+        ids[b, n:] = 0
+    return ids, mask
+
+
+# --- shapes and switches ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [64, 96])
+@pytest.mark.parametrize("agent_alignment", [True, False])
+def test_output_shapes(size, agent_alignment):
+    torch.manual_seed(0)
+    net = DANet(img_size=size, agent_alignment=agent_alignment, **TINY).eval()
+    ids, mask = tokens(2, valid=(12, 5))
+    out = net(torch.randn(2, 3, size, size), ids, mask)
+    assert out.logits.shape == (2, 1, size, size)
+    assert [f.shape for f in out.features] == [
+        (2, 16 * 2**i, size // 2 ** (i + 2), size // 2 ** (i + 2)) for i in range(4)
+    ]
+    assert [a.shape for a in out.activations] == [(2, size // 2 ** (i + 2), size // 2 ** (i + 2)) for i in range(4)]
+    assert (out.agents is not None) == agent_alignment
+    if agent_alignment:
+        assert out.agents.shape == (2, 4)  # K = 4 of the (size/32)² pixels of F_4
+
+
+@pytest.mark.parametrize("affinity", [True, False])
+@pytest.mark.parametrize("agents", [True, False])
+def test_the_four_table3_rows_train_and_reach_every_part(affinity, agents):
+    torch.manual_seed(0)
+    task = DANetTask(img_size=64, affinity_alignment=affinity, agent_alignment=agents, **TINY)
+    ids, mask = tokens(2, valid=(12, 6))
+    batch = {"image": torch.randn(2, 3, 64, 64), "input_ids": ids, "attention_mask": mask,
+             "mask": (torch.rand(2, 64, 64) > 0.7).long()}
+    terms = task.criterion(task(batch), batch["mask"])
+    assert ("affinity" in terms) == affinity
+    terms["total"].backward()
+    net = task.net
+    for part in (net.text_encoder, net.encoder.fusions, net.encoder.gates, net.decoder,
+                 net.agent_alignment if agents else net.classifier):
+        grads = [p.grad for p in part.parameters() if p.requires_grad]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_affinity_alignment_adds_no_parameters():
+    counts = {}
+    for affinity in (True, False):
+        torch.manual_seed(0)
+        task = DANetTask(img_size=64, affinity_alignment=affinity, **TINY)
+        counts[affinity] = sum(p.numel() for p in task.parameters())
+    assert counts[True] == counts[False] > 0
+    torch.manual_seed(0)
+    lavt = DANetTask(img_size=64, affinity_alignment=False, agent_alignment=False, **TINY)
+    assert sum(p.numel() for p in lavt.parameters()) < counts[True]  # RAAM has parameters, the affinity loss none
+
+
+def test_frozen_text_encoder_gets_no_gradient_and_stays_in_eval():
+    task = DANetTask(img_size=64, text_frozen=True, **TINY).train()
+    assert not task.net.text_encoder.training
+    assert not any(p.requires_grad for p in task.net.text_encoder.parameters())
+
+
+def test_wrong_num_classes_is_refused():
+    with pytest.raises(ValueError, match="binary"):
+        DANetTask(num_classes=6, img_size=64, **TINY)
+
+
+# --- Eq. 1-3: explicit affinity alignment ------------------------------------------------------------
+
+
+def test_self_affinity_is_the_row_softmax_of_cosines():
+    f = torch.tensor([[[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]]])
+    cos = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=float)
+    expected = np.exp(cos) / np.exp(cos).sum(1, keepdims=True)
+    np.testing.assert_allclose(self_affinity(f)[0].numpy(), expected, rtol=1e-6)
+    labels = torch.tensor([[True, False, True]])
+    assert target_affinity(labels)[0].tolist() == [[1, 0, 1], [0, 0, 0], [1, 0, 1]]
+
+
+def test_pseudo_labels_threshold_the_min_max_scaled_activation():
+    activation = torch.tensor([[[0.0, 1.0], [4.5, 5.0]], [[2.0, 2.0], [2.0, 2.0]]])
+    # scaled: 0, .2, .9, 1 -> > .8 ; a flat map has no foreground
+    assert pseudo_labels(activation, 0.8).tolist() == [[[False, False], [True, True]], [[False, False], [False, False]]]
+    assert pseudo_labels(activation, 0.95).tolist()[0] == [[False, False], [False, True]]
+
+
+def test_affinity_loss_by_hand():
+    # three pixels of one image (C = 2, h = 1, w = 3); targets: pixels 0 and 2
+    f = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]])[:, :, None, :]
+    targets = torch.tensor([[[True, False, True]]])
+    unit = np.array([[1, 0], [0, 1], [1 / math.sqrt(2), 1 / math.sqrt(2)]])
+    logits = unit @ unit.T
+    a = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    fg = [0, 2]
+    total = sum((a[m, n] - 1) ** 2 for m in fg for n in fg)
+    assert float(affinity_loss(f, targets, "sum")) == pytest.approx(total, rel=1e-6)
+    assert float(affinity_loss(f, targets, "rows")) == pytest.approx(total / 2, rel=1e-6)
+    # an image without pseudo-target counts 0 in the mean over images
+    both = affinity_loss(torch.cat([f, f]), torch.cat([targets, torch.zeros_like(targets)]), "sum")
+    assert float(both) == pytest.approx(total / 2, rel=1e-6)
+
+
+def test_affinity_loss_pulls_target_pixels_together_and_away_from_background():
+    torch.manual_seed(0)
+    features = torch.randn(1, 8, 6, 6, requires_grad=True)
+    targets = torch.zeros(1, 6, 6, dtype=torch.bool)
+    targets[0, :3, :3] = True
+    fg, bg = targets.flatten(), ~targets.flatten()
+
+    def cosines() -> tuple[float, float]:
+        unit = F.normalize(features.detach().flatten(2)[0].T, dim=1)
+        return float((unit[fg] @ unit[fg].T).mean()), float((unit[fg] @ unit[bg].T).mean())
+
+    within_before, across_before = cosines()
+    first = float(affinity_loss(features.detach(), targets))
+    optimizer = torch.optim.SGD([features], lr=5.0)
+    for _ in range(100):
+        optimizer.zero_grad()
+        affinity_loss(features, targets).backward()
+        optimizer.step()
+    within, across = cosines()
+    assert float(affinity_loss(features.detach(), targets)) < first
+    assert within_before < 0.2 and within > 0.99  # the target's pixels align with each other
+    assert across < across_before - 0.5  # and turn away from the background (the softmax of Eq. 1)
+
+
+def test_affinity_alignment_loss_uses_the_chosen_stages_and_no_gradient_through_pseudo_labels():
+    torch.manual_seed(0)
+    features = [torch.randn(2, 4, s, s, requires_grad=True) for s in (8, 4, 2, 1)]
+    activations = [torch.randn(2, s, s, requires_grad=True) for s in (8, 4, 2, 1)]
+    loss = affinity_alignment_loss(features, activations, stages=(2, 3))
+    expected = sum(affinity_loss(features[i], pseudo_labels(activations[i].detach())) for i in (1, 2))
+    assert float(loss) == pytest.approx(float(expected))
+    loss.backward()
+    assert features[0].grad is None and features[1].grad is not None and features[3].grad is None
+    assert all(a.grad is None for a in activations)
+    with pytest.raises(ValueError, match="subset of 1..4"):
+        affinity_alignment_loss(features, activations, stages=(0, 2))
+
+
+# --- Eq. 4-9: reliable agent alignment -----------------------------------------------------------------
+
+
+def test_agents_are_the_pixels_most_correlated_with_the_real_words():
+    torch.manual_seed(0)
+    raam = ReliableAgentAlignment(visual_dim=3, text_dim=3, out_dim=4, key_dim=3, num_agents=2, heads=1, ffn_dim=8)
+    with torch.no_grad():
+        for layer in (raam.word_query, raam.key):
+            layer.weight.copy_(torch.eye(3))
+            layer.bias.zero_()
+    keys = torch.tensor([[[1.0, 0, 0], [0, 5, 0], [0, 0, 1], [2, 0, 0], [0, 0, 3]]])  # 5 pixels
+    words = torch.tensor([[[1.0, 0, 0], [0, 0, 1], [0, 100, 0]]])  # the third word is padding
+    mask = torch.tensor([[True, True, False]])
+    # reliability over real words: pixel sums of channels 0 and 2 -> [1, 0, 1, 2, 3]
+    agents = raam.select_agents(raam.key(keys), words, mask)
+    assert agents[0].tolist() == [4, 3]
+    mask[0, 2] = True  # with the padded word counted, pixel 1 would win
+    assert raam.select_agents(raam.key(keys), words, mask)[0, 0].item() == 1
+
+
+def test_aligned_classifier_matches_eq_7_to_9_by_hand():
+    torch.manual_seed(0)
+    raam = ReliableAgentAlignment(visual_dim=5, text_dim=6, out_dim=4, key_dim=3, num_agents=3, heads=1,
+                                  ffn_dim=8).double()
+    x = torch.randn(2, 5, 2, 3, dtype=torch.float64)
+    words, sentence = torch.randn(2, 4, 6, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    classifier, agents, align = raam.aligned_classifier(x, words, mask, sentence)
+
+    def lin(layer, v):
+        return layer.weight.detach().numpy() @ v + layer.bias.detach().numpy()
+
+    for b in range(2):
+        pixels = x[b].flatten(1).T.numpy()  # N×C
+        n_words = int(mask[b].sum())
+        corr = np.array([[lin(raam.word_query, words[b, n].numpy()) @ lin(raam.key, p) / math.sqrt(3)
+                          for p in pixels] for n in range(n_words)])
+        chosen = np.argsort(-corr.sum(0), kind="stable")[:3]
+        assert sorted(agents[b].tolist()) == sorted(chosen.tolist())
+        agent_keys = [lin(raam.key, pixels[k]) for k in agents[b].tolist()]
+        qg = lin(raam.sentence_query, sentence[b].numpy())
+        g = np.exp([qg @ k / math.sqrt(3) for k in agent_keys])
+        g /= g.sum()
+        expected_align, expected_cls = [], np.zeros(4)
+        for p in pixels:
+            qp = lin(raam.pixel_query, p)
+            pm = np.exp([qp @ k / math.sqrt(3) for k in agent_keys])
+            pm /= pm.sum()
+            expected_align.append(float(g @ pm))
+            expected_cls += expected_align[-1] * lin(raam.value, p)
+        np.testing.assert_allclose(align[b].detach().numpy(), expected_align, rtol=1e-10)
+        np.testing.assert_allclose(classifier[b].detach().numpy(), expected_cls, rtol=1e-10)
+
+
+# --- LAVT parts ----------------------------------------------------------------------------------------
+
+
+def test_pwam_ignores_padded_words_and_reports_the_cls_activation():
+    torch.manual_seed(0)
+    pwam = PixelWordAttention(dim=8, text_dim=6, heads=2).eval()
+    x = torch.randn(1, 10, 8)
+    words = torch.randn(1, 5, 6)
+    mask = torch.tensor([[True, True, True, False, False]])
+    fused, activation = pwam(x, TextFeatures(words, words[:, 0], mask))
+    other = words.clone()
+    other[:, 3:] = torch.randn(1, 2, 6) * 10
+    fused2, activation2 = pwam(x, TextFeatures(other, other[:, 0], mask))
+    torch.testing.assert_close(fused, fused2)
+    torch.testing.assert_close(activation, activation2)
+    q = F.instance_norm(pwam.query(x).transpose(1, 2)).transpose(1, 2)  # B×N×C
+    k = pwam.key(words[:, 0])  # the [CLS] key
+    expected = (q.view(1, 10, 2, 4) * k.view(1, 1, 2, 4)).sum(-1).mean(-1) / 2  # mean over heads, /√4
+    torch.testing.assert_close(activation, expected)
+
+
+def test_packaged_minilm_gives_word_and_cls_features():
+    from rsseg.data.refsegrs import load_tokenizer, tokenize
+
+    name = "sentence-transformers/all-MiniLM-L6-v2"
+    encoder = TextEncoder(name).eval()
+    ids, mask = tokenize(load_tokenizer(name), ["the roads on the left", "trees"], 20)
+    with torch.no_grad():
+        text = encoder(ids, mask)
+    assert encoder.dim == 384 and text.words.shape == (2, 20, 384)
+    torch.testing.assert_close(text.sentence, text.words[:, 0])
+    assert text.mask.tolist()[1][:4] == [True, True, True, False]  # [CLS] trees [SEP] [PAD]
+
+
+# --- Eq. 11 --------------------------------------------------------------------------------------------
+
+
+def test_lavt_weighted_cross_entropy_on_one_logit_equals_torch_two_class_ce():
+    torch.manual_seed(0)
+    z, target = torch.randn(3, 7, 5), (torch.rand(3, 7, 5) > 0.6).long()
+    two_channel = torch.stack([torch.zeros_like(z), z], 1)
+    expected = F.cross_entropy(two_channel, target, weight=torch.tensor([0.9, 1.1]))
+    assert float(ReferringLoss("lavt_ce").mask_term(z, target)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(ReferringLoss("bce").mask_term(z, target)) == pytest.approx(
+        float(F.binary_cross_entropy_with_logits(z, target.float())), rel=1e-6)
