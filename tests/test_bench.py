@@ -1,4 +1,4 @@
-"""`rsseg bench` end to end on a tiny synthetic Potsdam: data resolution, runs, report files."""
+"""`rsseg bench` end to end on tiny synthetic Potsdam and RefSegRS: data resolution, runs, report files."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import csv
 import functools
 import json
 
+import numpy as np
 import pytest
+import tifffile
 
 from rsseg.bench import sources
-from rsseg.bench.plan import load_plan
-from rsseg.bench.runner import SYNTHETIC_BANNER, wandb_mode
+from rsseg.bench.plan import PlanError, load_plan
+from rsseg.bench.report import REFERRING_HEADLINE, metric_columns, plotted_metrics, write_report
+from rsseg.bench.runner import SYNTHETIC_BANNER, run_bench, wandb_mode
 from rsseg.cli import main
-from rsseg.data.synthetic import write_synthetic_potsdam
+from rsseg.data.synthetic import write_synthetic_potsdam, write_synthetic_refsegrs
 from tests.conftest import TINY_TILES
 
 TINY_RUN = [
@@ -102,3 +105,103 @@ def test_wandb_is_offline_unless_configured(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode() == "disabled"
     assert "SYNTHETIC" in SYNTHETIC_BANNER
+
+
+# Two optimizer steps (4 train objects, batch 2), one val batch, no sanity check: the smoke models on 2 CPU cores.
+TINY_REFERRING_RUN = [
+    "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0", "--trainer.max_steps", "2",
+    "--trainer.check_val_every_n_epoch", "1", "--trainer.num_sanity_val_steps", "0",
+    "--trainer.limit_val_batches", "1", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_refsegrs(tmp_path_factory):
+    """A synthetic RefSegRS at 128², the smoke profile's image size, so its masks are scored unresized."""
+    root = tmp_path_factory.mktemp("refsegrs")
+    write_synthetic_refsegrs(root, counts=(4, 2, 2), size=128)
+    return root
+
+
+def target_shares(root) -> list[float]:
+    """Per test expression, the share of its mask's pixels that are target, read from the files."""
+    shares = []
+    for line in (root / "output_phrase_test.txt").read_text().splitlines():
+        if line.strip():
+            mask = tifffile.imread(root / "masks" / f"{line.split()[0]}.tif")
+            shares.append(float((mask > 50).mean()))
+    return shares
+
+
+def test_bench_refsegrs_compares_lavt_and_danet_with_constant_masks(tiny_refsegrs, tmp_path):
+    run = run_bench("refsegrs", data_root=str(tiny_refsegrs), profile="smoke", out=str(tmp_path / "out"),
+                    cache=str(tmp_path / "cache"), lightning_args=TINY_REFERRING_RUN)
+    payload = json.loads((run / "results.json").read_text())
+    assert payload["meta"]["task"] == "referring"
+    assert payload["meta"]["data_root"] == str(tiny_refsegrs) and payload["meta"]["raw_root"] is None
+    assert not (tmp_path / "cache").exists()  # read as released: nothing prepared or synthesised
+    rows = {row["method"]: row for row in payload["rows"]}
+    assert list(rows) == ["all target", "all background", "lavt", "danet"]
+    for row in rows.values():
+        for key in ("oIoU", "mIoU", "Pr@0.5"):
+            assert 0.0 <= row[key] <= 1.0, (row["method"], key)
+    assert rows["lavt"]["params"] > 0 and rows["danet"]["params"] > rows["lavt"]["params"]
+
+    background, target = rows["all background"], rows["all target"]
+    assert background["oIoU"] == 0.0 and background["mIoU"] == 0.0 and background["Pr@0.5"] == 0.0
+    # Predicting everything: IoU = |target| / |image| per expression, and oIoU pools the pixels.
+    shares = target_shares(tiny_refsegrs)
+    assert len(shares) == rows["lavt"]["test_images"]
+    assert target["oIoU"] == pytest.approx(np.mean(shares))  # every mask has the same 128² size
+    assert target["mIoU"] == pytest.approx(np.mean(shares), abs=1e-6)
+    assert target["Pr@0.5"] == pytest.approx(np.mean([s >= 0.5 for s in shares]))
+
+    table = (run / "results.md").read_text()
+    assert "| method | oIoU | mIoU | Pr@0.5 | Pr@0.6 | Pr@0.7 | Pr@0.8 | Pr@0.9 | params (M) |" in table
+    assert "mF1" not in table and "| all background | 0.00 | 0.00 |" in table
+    assert [r["method"] for r in csv.DictReader(open(run / "results.csv"))] == list(rows)
+    assert (run / "comparison.png").stat().st_size > 0
+
+
+def test_datasets_without_preparer_are_read_as_released(tmp_path):
+    root = tmp_path / "loveda"
+    root.mkdir()
+    (root / "Train").mkdir()
+    for dataset in ("refsegrs", "loveda", "chn6cug"):
+        source = sources.resolve_prepared_root(dataset, str(root), tmp_path / "cache", {})
+        assert source == sources.DataSource(prepared=root, raw=None, synthetic=False)
+    with pytest.raises(PlanError, match="read as released"):
+        sources.resolve_prepared_root("refsegrs", str(root), tmp_path / "cache", {"patch_size": 512})
+
+
+SEMANTIC_ROWS = [{"method": "unet", "mIoU": 0.5, "mF1": 0.6, "OA": 0.7, "Kappa": 0.4,
+                  "IoU/building": 0.8, "IoU/car": 0.2, "F1/building": 0.9, "params": 1_000_000}]
+REFERRING_ROWS = [{"method": "danet", "oIoU": 0.55, "mIoU": 0.5, **{f"Pr@{t}": 0.1 for t in (0.5, 0.6, 0.7, 0.8, 0.9)},
+                   "native/oIoU": 0.54, "params": 2_000_000}]
+
+
+def test_report_columns_follow_the_task(tmp_path):
+    assert metric_columns("semantic", SEMANTIC_ROWS) == ["mIoU", "mF1", "OA", "Kappa", "IoU/building", "IoU/car"]
+    assert plotted_metrics("semantic", SEMANTIC_ROWS) == ["mIoU", "IoU/building", "IoU/car"]
+    assert metric_columns("referring", REFERRING_ROWS) == list(REFERRING_HEADLINE) == [
+        "oIoU", "mIoU", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9"]
+    assert plotted_metrics("referring", REFERRING_ROWS) == list(REFERRING_HEADLINE)
+    with pytest.raises(ValueError, match="unknown bench task 'detection'"):
+        metric_columns("detection", SEMANTIC_ROWS)
+
+    meta = {"dataset": "x", "profile": "smoke", "device": "cpu"}
+    for task, rows, header, note in (
+        ("semantic", SEMANTIC_ROWS, "| method | mIoU | mF1 | OA | Kappa | building | car | params (M) |",
+         "mIoU/mF1 leave out the dataset's excluded classes"),
+        ("referring", REFERRING_ROWS, "| method | oIoU | mIoU | Pr@0.5 | Pr@0.6 | Pr@0.7 | Pr@0.8 | Pr@0.9 |",
+         "oIoU = total intersection / total union"),
+    ):
+        run = tmp_path / task
+        run.mkdir()
+        write_report(run, rows, {**meta, "task": task})
+        table = (run / "results.md").read_text()
+        assert header in table and note in table, table
+        columns = ["method", *metric_columns(task, rows)]
+        assert next(csv.reader(open(run / "results.csv")))[: len(columns)] == columns
+    assert "| danet | 55.00 | 50.00 | 10.00 |" in (tmp_path / "referring" / "results.md").read_text()
+    assert "native/oIoU" in next(csv.reader(open(tmp_path / "referring" / "results.csv")))

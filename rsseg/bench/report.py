@@ -1,4 +1,8 @@
-"""The comparison table: results.{json,csv,md} and a per-class plot, plus the environment record."""
+"""The comparison table: results.{json,csv,md} and a bar plot, plus the environment record.
+
+What the table and plot show depends on the task: semantic segmentation reports dataset-level class
+metrics, referring segmentation per-expression ones (LAVT's oIoU, mIoU and Pr@X).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,41 @@ import csv
 import json
 import math
 import platform
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
-HEADLINE = ("mIoU", "mF1", "OA", "Kappa")
+
+@dataclass(frozen=True)
+class TaskColumns:
+    """What the comparison shows for one task: metric columns, plotted bars and how to read them."""
+
+    headline: tuple[str, ...]  # table metrics, before any per-class IoU
+    plotted: tuple[str, ...]  # bars per method, before any per-class IoU
+    note: str  # under the title: what the numbers mean
+    y_label: str
+
+
+REFERRING_HEADLINE = ("oIoU", "mIoU", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9")
+TASK_COLUMNS = {
+    "semantic": TaskColumns(
+        headline=("mIoU", "mF1", "OA", "Kappa"),
+        plotted=("mIoU",),
+        note="Metrics in %; per-class columns are IoU. mIoU/mF1 leave out the dataset's excluded classes; "
+        "OA counts all classes.",
+        y_label="IoU (%)",
+    ),
+    "referring": TaskColumns(
+        headline=REFERRING_HEADLINE,
+        plotted=REFERRING_HEADLINE,
+        note="Metrics in %, over every test expression at the datamodule's image size: oIoU = total "
+        "intersection / total union, mIoU = mean per-expression IoU, Pr@X = share of expressions with "
+        "IoU ≥ X. Native-resolution scores, when the run has them, are the native/… columns of results.csv.",
+        y_label="score (%)",
+    ),
+}
 
 
 def environment_info() -> dict:
@@ -32,6 +65,26 @@ def _per_class(rows: list[dict], kind: str) -> list[str]:
     return names
 
 
+def task_columns(task: str) -> TaskColumns:
+    if task not in TASK_COLUMNS:
+        raise ValueError(f"unknown bench task {task!r}; expected one of {sorted(TASK_COLUMNS)}")
+    return TASK_COLUMNS[task]
+
+
+def metric_columns(task: str, rows: list[dict]) -> list[str]:
+    """The table's metric columns: the task's headline, then any per-class IoU the rows have."""
+    return [*task_columns(task).headline, *_per_class(rows, "IoU")]
+
+
+def plotted_metrics(task: str, rows: list[dict]) -> list[str]:
+    """The plot's bars per method: the task's plotted headline, then any per-class IoU."""
+    return [*task_columns(task).plotted, *_per_class(rows, "IoU")]
+
+
+def _label(key: str) -> str:
+    return key.split("/", 1)[-1]
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{100 * value:.2f}"
@@ -39,55 +92,55 @@ def _fmt(value) -> str:
 
 
 def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
+    """results.{json,csv,md} and comparison.png; ``meta["task"]`` picks the columns (see TASK_COLUMNS)."""
     run_dir = Path(run_dir)
+    task = meta["task"]
     (run_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
-    columns = ["method", *HEADLINE, *_per_class(rows, "IoU"), *_per_class(rows, "F1"),
-               "params", "train_time_s", "inference_img_per_s"]
+    metrics = metric_columns(task, rows)
+    columns = ["method", *metrics, *_per_class(rows, "F1"), "params", "train_time_s", "inference_img_per_s"]
     columns += sorted({k for row in rows for k in row} - set(columns))
     with open(run_dir / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
-    iou = _per_class(rows, "IoU")
-    head = ["method", *HEADLINE, *(k.split("/", 1)[1] for k in iou), "params (M)", "train (s)", "img/s"]
+    head = ["method", *map(_label, metrics), "params (M)", "train (s)", "img/s"]
     lines = [f"# rsseg bench: {meta['dataset']} ({meta['profile']} profile)", ""]
     if meta.get("synthetic"):
         lines += ["> **Synthetic data.** These numbers come from rsseg's synthetic twin of the dataset, "
                   "not from the real data.", ""]
-    lines += [f"Device: {meta['device']}. Metrics in %; per-class columns are IoU. "
-              "mIoU/mF1 leave out the dataset's excluded classes; OA counts all classes.", "",
+    lines += [f"Device: {meta['device']}. {task_columns(task).note}", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         params = row.get("params")
-        cells = [row["method"], *(_fmt(row.get(k, float("nan"))) for k in (*HEADLINE, *iou)),
+        cells = [row["method"], *(_fmt(row.get(k, float("nan"))) for k in metrics),
                  f"{params / 1e6:.2f}" if params else "–",
                  _fmt_plain(row.get("train_time_s")), _fmt_plain(row.get("inference_img_per_s"))]
         lines.append("| " + " | ".join(cells) + " |")
     (run_dir / "results.md").write_text("\n".join(lines) + "\n")
-    plot_comparison(run_dir / "comparison.png", rows, iou, meta)
+    plot_comparison(run_dir / "comparison.png", rows, plotted_metrics(task, rows), task_columns(task).y_label, meta)
 
 
 def _fmt_plain(value) -> str:
     return "–" if value is None else f"{value:g}"
 
 
-def plot_comparison(path: Path, rows: list[dict], iou_keys: list[str], meta: dict) -> None:
+def plot_comparison(path: Path, rows: list[dict], keys: list[str], y_label: str, meta: dict) -> None:
+    """Grouped bars: one group per metric in ``keys``, one bar per row (method)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = ["mIoU", *(k.split("/", 1)[1] for k in iou_keys)]
-    keys = ["mIoU", *iou_keys]
+    labels = [_label(k) for k in keys]
     width = 0.8 / max(len(rows), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels)), 4))
     for i, row in enumerate(rows):
         values = [100 * float(row.get(k, float("nan"))) for k in keys]
         ax.bar([j + i * width for j in range(len(keys))], values, width, label=row["method"])
     ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(keys))], labels, rotation=20)
-    ax.set_ylabel("IoU (%)")
+    ax.set_ylabel(y_label)
     ax.set_ylim(0, 100)
     title = f"{meta['dataset']} — {meta['profile']} profile"
     ax.set_title(title + (" (SYNTHETIC DATA)" if meta.get("synthetic") else ""))
@@ -115,3 +168,24 @@ def majority_class_row(dataset: str, root: Path) -> dict:
         metrics.update(torch.full_like(batch["mask"], majority), batch["mask"])
     values = {k: float(v) for k, v in metrics.compute().items()}
     return {"method": "majority class", **values, "predicted_class": majority, "params": 0}
+
+
+def constant_mask_rows(dataset: str, root: Path, data_args: dict) -> list[dict]:
+    """The referring reference rows: every pixel target, and every pixel background, on the test split.
+
+    A model that ignores the image and the sentence scores about this, so a method must beat them to show
+    it segments the referred object. ``data_args`` (tokenizer, image_size) are the ones the methods' configs
+    use, so the masks are scored at the same resolution and the dataset builds with the same tokenizer.
+    """
+    from rsseg.data.registry import DATAMODULES
+    from rsseg.metrics import ReferringMetrics
+
+    data = DATAMODULES[dataset](str(root), batch_size=8, num_workers=0, pin_memory=False, **data_args)
+    data.setup("test")
+    all_target, all_background = ReferringMetrics(), ReferringMetrics()
+    for batch in data.test_dataloader():
+        mask = batch["mask"]
+        all_target.update(torch.ones_like(mask), mask)
+        all_background.update(torch.zeros_like(mask), mask)
+    return [{"method": name, **{k: float(v) for k, v in metrics.compute().items()}, "params": 0}
+            for name, metrics in (("all target", all_target), ("all background", all_background))]

@@ -9,8 +9,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import yaml
+
 from rsseg.bench.plan import BenchPlan, load_plan
-from rsseg.bench.report import environment_info, majority_class_row, write_report
+from rsseg.bench.report import constant_mask_rows, environment_info, majority_class_row, write_report
 from rsseg.bench.sources import resolve_prepared_root
 from rsseg.callbacks import InferenceTimer
 from rsseg.models.baselines import count_parameters
@@ -85,6 +87,41 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+# Datasets scored per (image, expression) with the referring metrics; every other dataset is semantic.
+REFERRING_DATASETS = frozenset({"refsegrs"})
+
+
+def bench_task(dataset: str) -> str:
+    """``"referring"`` or ``"semantic"``: decides the reference rows and the report's columns."""
+    return "referring" if dataset in REFERRING_DATASETS else "semantic"
+
+
+def configured_data_args(plan: BenchPlan, method: str) -> dict:
+    """The datamodule ``init_args`` a method's config files set, later files winning as in LightningCLI.
+
+    Arguments after ``--`` on the command line are not seen here.
+    """
+    merged: dict = {}
+    for path in plan.config_args(method)[1::2]:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+        merged.update((config.get("data") or {}).get("init_args") or {})
+    return merged
+
+
+def reference_rows(plan: BenchPlan, root: Path) -> list[dict]:
+    """Trivial predictors that put the methods' numbers in context (the report's first rows).
+
+    Semantic: the training split's majority class everywhere. Referring: all target and all background,
+    with the tokenizer and image size of the plan's first method (the dataset needs a tokenizer to load,
+    and the masks are scored at the resolution the methods are scored at).
+    """
+    if bench_task(plan.dataset) == "semantic":
+        return [majority_class_row(plan.dataset, root)]
+    data_args = configured_data_args(plan, next(iter(plan.configs)))
+    return constant_mask_rows(plan.dataset, root, {k: data_args[k] for k in ("tokenizer", "image_size")
+                                                   if k in data_args})
+
+
 def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke",
               methods: list[str] | None = None, out: str = "results/bench",
               cache: str = ".cache/rsseg", lightning_args: list[str] = ()) -> Path:
@@ -97,12 +134,13 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
     run_dir.mkdir(parents=True, exist_ok=False)
     group = f"bench-{dataset}-{run_dir.name}"
 
-    rows = [majority_class_row(dataset, source.prepared)]
+    rows = reference_rows(plan, source.prepared)
     for method, config in plan.configs.items():
         rows.append(run_method(method, config, plan, source.prepared, run_dir, group, list(lightning_args)))
 
     meta = {
         "dataset": dataset,
+        "task": bench_task(dataset),
         "profile": profile,
         "synthetic": source.synthetic,
         "data_root": str(source.prepared),

@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from rsseg.bench.plan import PlanError
 from rsseg.data.registry import PREPARERS, SYNTHESIZERS
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,14 @@ def _synthesize(dataset: str, dst: Path) -> None:
 
 
 def resolve_prepared_root(dataset: str, data_root: str | None, cache: Path, prepare: dict) -> DataSource:
-    """A prepared root for ``dataset``, preparing raw data (idempotently) into ``cache`` if needed.
+    """A root the datamodule reads, preparing raw data (idempotently) into ``cache`` if needed.
 
     Order: ``data_root`` argument, ``$DATA_ROOT``, ``data/<dataset>`` if it has files, else synthetic.
+    Datasets without a preparer (RefSegRS, LoveDA, CHN6-CUG) are read as released: the root is used as is.
     """
+    if prepare and dataset not in PREPARERS:
+        raise PlanError(f"{dataset} is read as released and has no preparation; drop `prepare` {prepare} "
+                         "from its bench plan")
     root = data_root or os.environ.get("DATA_ROOT") or None
     synthetic = False
     if root is None and _has_files(Path("data") / dataset):
@@ -51,7 +56,7 @@ def resolve_prepared_root(dataset: str, data_root: str | None, cache: Path, prep
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"data root {root} does not exist")
-    if (root / "manifest.json").is_file():
+    if dataset not in PREPARERS or (root / "manifest.json").is_file():
         return DataSource(prepared=root, raw=None, synthetic=synthetic)
     tag = "synthetic" if synthetic else root.resolve().name
     params = "-".join(f"{k}{v}" for k, v in sorted(prepare.items()))
