@@ -19,53 +19,18 @@ Usage: python benchmarks/d2ls_speed.py [--device cpu|cuda] [--batch-sizes 4,8] [
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import resource
 import statistics
-import time
-from importlib.metadata import version
 
 import torch
+from speed_common import autocast, bench_environment, peak_memory_mib, reset_peak_memory, timed
 from torch.utils.flop_counter import FlopCounterMode
 
-from rsseg.bench.report import environment_info
 from rsseg.models import D2LS
 from rsseg.tasks.d2ls import D2LSLoss
 
 NUM_CLASSES = 6
 SIZE = 512
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def peak_memory_mib(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def autocast(device: str, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def timed(fn, device: str, warmup: int, iters: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def build(backbone: str, device: str, channels_last: bool, fold: bool) -> D2LS:
@@ -83,8 +48,7 @@ def measure(args, batch: int, precision: str, channels_last: bool, fold: bool) -
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     image = torch.randn(batch, 3, SIZE, SIZE, device=device).contiguous(memory_format=fmt)
     target = torch.randint(0, NUM_CLASSES, (batch, SIZE, SIZE), device=device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)
 
     def train_step() -> None:
         with autocast(device, precision):
@@ -97,8 +61,7 @@ def measure(args, batch: int, precision: str, channels_last: bool, fold: bool) -
     train = timed(train_step, device, args.warmup, args.iters)
     train_peak = peak_memory_mib(device)
     optimizer.zero_grad(set_to_none=True)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)
 
     def infer() -> None:
         with torch.inference_mode(), autocast(device, precision):
@@ -166,8 +129,7 @@ def main() -> None:
     layouts = [False] if args.quick or args.no_channels_last else [False, True]
     folds = [True, False] if args.compare_unfolded else [True]
 
-    env = {**environment_info(), "bench_device": args.device, "cpu_count": os.cpu_count(),
-           "load_avg_1min": round(os.getloadavg()[0], 2), "timm": version("timm")}
+    env = bench_environment(args.device)
     records = [{**fidelity(args.backbone), **env}]
     print(json.dumps(records[-1]), flush=True)
     for batch in batches:

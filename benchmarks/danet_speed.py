@@ -1,0 +1,138 @@
+"""DANet and LAVT training and inference speed at 480²; prints one JSON list of records (one per setting).
+
+For each method (``danet``: both alignments; ``lavt``: the baseline), batch size and precision (fp32,
+bf16 autocast), with Swin-B (window 12) and a BERT-base-sized text encoder (random weights, 20 tokens):
+
+* training images/s: one full step (forward, the Eq. 11 loss with the affinity term on {F_2, F_3, F_4}
+  for DANet and LAVT's weighted cross-entropy, backward, AdamW) after warm-up steps;
+* inference latency per batch and images/s (eval mode, ``torch.inference_mode``);
+* peak memory: ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on a CPU (a running
+  maximum over the records).
+
+Also records the parameter counts of both models (the affinity alignment adds none; RAAM adds its own).
+
+Usage: python benchmarks/danet_speed.py [--device cpu|cuda] [--batch-sizes 8,16] [--methods danet,lavt]
+       [--quick] [--out benchmarks/results/danet_speed_<device>.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+from speed_common import autocast, bench_environment, peak_memory_mib, reset_peak_memory, timed
+
+from rsseg.tasks.danet import DANetTask
+
+SIZE = 480
+TOKENS = 20
+BERT_BASE = {"model_type": "bert"}  # transformers' BertConfig defaults are BERT-base (768 wide, 12 layers)
+METHODS = {
+    "danet": {"affinity_alignment": True, "agent_alignment": True, "mask_loss": "bce"},
+    "lavt": {"affinity_alignment": False, "agent_alignment": False, "mask_loss": "lavt_ce"},
+}
+
+
+def build(method: str, backbone: str, device: str) -> DANetTask:
+    torch.manual_seed(0)
+    return DANetTask(backbone=backbone, pretrained=False, text_pretrained=False, text_config=BERT_BASE,
+                     img_size=SIZE, **METHODS[method]).to(device)
+
+
+def batch_of(size: int, device: str) -> dict:
+    mask = torch.ones(size, TOKENS, dtype=torch.long, device=device)
+    mask[:, 12:] = 0  # RefSegRS expressions are short: 12 real tokens, 8 of padding
+    target = torch.zeros(size, SIZE, SIZE, dtype=torch.long, device=device)
+    target[:, 100:300, 150:260] = 1
+    return {"image": torch.randn(size, 3, SIZE, SIZE, device=device),
+            "input_ids": torch.randint(1000, 30000, (size, TOKENS), device=device),
+            "attention_mask": mask, "mask": target}
+
+
+def measure(args, method: str, batch_size: int, precision: str) -> dict:
+    device = args.device
+    task = build(method, args.backbone, device)
+    optimizer = torch.optim.AdamW(task.parameters(), lr=5e-4, weight_decay=0.01)
+    batch = batch_of(batch_size, device)
+    reset_peak_memory(device)
+
+    def train_step() -> None:
+        with autocast(device, precision):
+            loss = task.criterion(task(batch), batch["mask"])["total"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    task.train()
+    train = timed(train_step, device, args.warmup, args.iters)
+    train_peak = peak_memory_mib(device)
+    optimizer.zero_grad(set_to_none=True)
+    reset_peak_memory(device)
+
+    def infer() -> None:
+        with torch.inference_mode(), autocast(device, precision):
+            task(batch)
+
+    task.eval()
+    infer_times = timed(infer, device, args.warmup, args.iters)
+    train_s, infer_s = statistics.median(train), statistics.median(infer_times)
+    return {
+        "benchmark": "danet_speed", "method": method, "backbone": args.backbone, "image_size": SIZE,
+        "batch_size": batch_size, "precision": precision,
+        "train_step_s": round(train_s, 4), "train_img_per_s": round(batch_size / train_s, 3),
+        "train_peak_mib": round(train_peak, 1),
+        "inference_latency_s": round(infer_s, 4), "inference_img_per_s": round(batch_size / infer_s, 3),
+        "inference_peak_mib": round(peak_memory_mib(device), 1), "iters": args.iters,
+    }
+
+
+def parameters(backbone: str) -> dict:
+    """Parameter counts of both models and of their parts (meta tensors: nothing is allocated)."""
+    record = {"benchmark": "danet_params", "backbone": backbone, "text_encoder": "BERT-base (random)"}
+    with torch.device("meta"):
+        for method in METHODS:
+            net = build(method, backbone, "meta").net
+            record[f"{method}_params_M"] = round(sum(p.numel() for p in net.parameters()) / 1e6, 3)
+            for name in ("text_encoder", "encoder", "decoder", "agent_alignment", "classifier"):
+                part = getattr(net, name)
+                if part is not None:
+                    record[f"{method}_{name}_params_M"] = round(sum(p.numel() for p in part.parameters()) / 1e6, 3)
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--backbone", default="swin_base_patch4_window12_384")
+    parser.add_argument("--methods", default="lavt,danet")
+    parser.add_argument("--batch-sizes", default=None, help="default 8,16 on GPU (paper: 16), 2 on CPU")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 3 on GPU, 1 on CPU)")
+    parser.add_argument("--iters", type=int, default=None, help="timed steps (default 10 on GPU, 2 on CPU)")
+    parser.add_argument("--quick", action="store_true", help="batch 1, fp32, one warm-up and one step (smoke)")
+    parser.add_argument("--out", default=None, help="also write the JSON list to this file")
+    args = parser.parse_args()
+    gpu = args.device == "cuda"
+    args.warmup = 1 if args.quick else args.warmup if args.warmup is not None else (3 if gpu else 1)
+    args.iters = 1 if args.quick else args.iters if args.iters is not None else (10 if gpu else 2)
+    batches = [1] if args.quick else [int(b) for b in (args.batch_sizes or ("8,16" if gpu else "2")).split(",")]
+    precisions = ["fp32"] if args.quick else args.precisions.split(",")
+
+    env = bench_environment(args.device)
+    records = [{**parameters(args.backbone), **env}]
+    print(json.dumps(records[-1]), flush=True)
+    for method in args.methods.split(","):
+        for batch_size in batches:
+            for precision in precisions:
+                records.append({**measure(args, method, batch_size, precision), **env})
+                print(json.dumps(records[-1]), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(records, f, indent=1)
+    print(json.dumps(records, indent=1))
+
+
+if __name__ == "__main__":
+    main()
