@@ -7,7 +7,9 @@ the paper leaves open is our reading and says so. On top of the LAVT baseline (`
   learnable parameters of its own; :func:`affinity_alignment_loss` computes it from the features and
   the sentence activations this model returns.
 * **Reliable agent alignment** (§3.3, Eq. 4–9, :class:`ReliableAgentAlignment`) turns the sentence
-  feature L_g into a classifier L̂_g aligned through the K most reliable pixels ("agents") of X = F_4.
+  feature L_g into a classifier L̂_g aligned through the K most reliable pixels ("agents") of X. The
+  paper's X is "F_4 after the bottleneck" without a definition of the bottleneck; we take the fused,
+  normalised F_4 itself (stride 32, 225 pixels at 480²).
 * **Prediction** (Eq. 10): Y = E × L̂_gᵀ with E the decoder's features. Bilinear upsampling is linear,
   so the product is taken at stride 4 and the one-channel map upsampled (the same Y, without a
   C×H×W tensor).
@@ -83,7 +85,9 @@ def affinity_loss(features: Tensor, targets: Tensor, reduction: str = "rows") ->
     ``reduction="sum"`` is the norm as written: it grows with the square of the object's size.
     ``"rows"`` (default, ours) divides each image's sum by its number of target pixels, so every target
     pixel's row weighs the same whatever the object's size and λ_af = 0.5 keeps one meaning across
-    objects and stages. An image without pseudo-target contributes 0.
+    objects and stages. Its value stays close to the number of target pixels (the softmax rows sum to
+    one, so most A_F[m,n] stay far below 1): read its changes, not its size. An image without
+    pseudo-target contributes 0.
     """
     if reduction not in ("rows", "sum"):
         raise ValueError(f"reduction must be 'rows' or 'sum', got {reduction!r}")
