@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
-from speed_common import autocast, bench_environment, peak_memory_mib, reset_peak_memory, timed
+from speed_common import autocast, bench_environment, train_and_infer
 from torch.utils.flop_counter import FlopCounterMode
 
 from rsseg.models import D2LS
@@ -48,7 +47,6 @@ def measure(args, batch: int, precision: str, channels_last: bool, fold: bool) -
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     image = torch.randn(batch, 3, SIZE, SIZE, device=device).contiguous(memory_format=fmt)
     target = torch.randint(0, NUM_CLASSES, (batch, SIZE, SIZE), device=device)
-    reset_peak_memory(device)
 
     def train_step() -> None:
         with autocast(device, precision):
@@ -57,19 +55,10 @@ def measure(args, batch: int, precision: str, channels_last: bool, fold: bool) -
         loss.backward()
         optimizer.step()
 
-    net.train()
-    train = timed(train_step, device, args.warmup, args.iters)
-    train_peak = peak_memory_mib(device)
-    optimizer.zero_grad(set_to_none=True)
-    reset_peak_memory(device)
-
     def infer() -> None:
         with torch.inference_mode(), autocast(device, precision):
             net(image)
 
-    net.eval()
-    infer_times = timed(infer, device, args.warmup, args.iters)
-    train_s, infer_s = statistics.median(train), statistics.median(infer_times)
     return {
         "benchmark": "d2ls_speed",
         "backbone": args.backbone,
@@ -78,13 +67,7 @@ def measure(args, batch: int, precision: str, channels_last: bool, fold: bool) -
         "precision": precision,
         "channels_last": channels_last,
         "aggregator": "folded" if fold else "concatenated",
-        "train_step_s": round(train_s, 4),
-        "train_img_per_s": round(batch / train_s, 3),
-        "train_peak_mib": round(train_peak, 1),
-        "inference_latency_s": round(infer_s, 4),
-        "inference_img_per_s": round(batch / infer_s, 3),
-        "inference_peak_mib": round(peak_memory_mib(device), 1),
-        "iters": args.iters,
+        **train_and_infer(net, optimizer, train_step, infer, device, batch, args.warmup, args.iters),
     }
 
 

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
-from speed_common import autocast, bench_environment, peak_memory_mib, reset_peak_memory, timed
+from speed_common import autocast, bench_environment, train_and_infer
 
 from rsseg.tasks.danet import DANetTask
 
@@ -56,7 +55,6 @@ def measure(args, method: str, batch_size: int, precision: str) -> dict:
     task = build(method, args.backbone, device)
     optimizer = torch.optim.AdamW(task.parameters(), lr=5e-4, weight_decay=0.01)
     batch = batch_of(batch_size, device)
-    reset_peak_memory(device)
 
     def train_step() -> None:
         with autocast(device, precision):
@@ -65,26 +63,14 @@ def measure(args, method: str, batch_size: int, precision: str) -> dict:
         loss.backward()
         optimizer.step()
 
-    task.train()
-    train = timed(train_step, device, args.warmup, args.iters)
-    train_peak = peak_memory_mib(device)
-    optimizer.zero_grad(set_to_none=True)
-    reset_peak_memory(device)
-
     def infer() -> None:
         with torch.inference_mode(), autocast(device, precision):
             task(batch)
 
-    task.eval()
-    infer_times = timed(infer, device, args.warmup, args.iters)
-    train_s, infer_s = statistics.median(train), statistics.median(infer_times)
     return {
         "benchmark": "danet_speed", "method": method, "backbone": args.backbone, "image_size": SIZE,
         "batch_size": batch_size, "precision": precision,
-        "train_step_s": round(train_s, 4), "train_img_per_s": round(batch_size / train_s, 3),
-        "train_peak_mib": round(train_peak, 1),
-        "inference_latency_s": round(infer_s, 4), "inference_img_per_s": round(batch_size / infer_s, 3),
-        "inference_peak_mib": round(peak_memory_mib(device), 1), "iters": args.iters,
+        **train_and_infer(task, optimizer, train_step, infer, device, batch_size, args.warmup, args.iters),
     }
 
 

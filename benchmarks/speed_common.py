@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import statistics
 import time
 from importlib.metadata import version
 
@@ -48,6 +49,25 @@ def timed(fn, device: str, warmup: int, iters: int) -> list[float]:
         synchronize(device)
         times.append(time.perf_counter() - start)
     return times
+
+
+def train_and_infer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_step, infer, device: str,
+                    batch_size: int, warmup: int, iters: int) -> dict:
+    """Median training step and inference latency of ``model`` with their images/s and peak memory."""
+    reset_peak_memory(device)
+    model.train()
+    train_s = statistics.median(timed(train_step, device, warmup, iters))
+    train_peak = peak_memory_mib(device)
+    optimizer.zero_grad(set_to_none=True)  # free the gradients before measuring inference memory
+    reset_peak_memory(device)
+    model.eval()
+    infer_s = statistics.median(timed(infer, device, warmup, iters))
+    return {
+        "train_step_s": round(train_s, 4), "train_img_per_s": round(batch_size / train_s, 3),
+        "train_peak_mib": round(train_peak, 1),
+        "inference_latency_s": round(infer_s, 4), "inference_img_per_s": round(batch_size / infer_s, 3),
+        "inference_peak_mib": round(peak_memory_mib(device), 1), "iters": iters,
+    }
 
 
 def bench_environment(device: str) -> dict:
