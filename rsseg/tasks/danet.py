@@ -12,7 +12,7 @@ from torch import nn
 from rsseg.metrics import ReferringMetrics
 from rsseg.models.danet import DANet, DANetOutput, affinity_alignment_loss
 from rsseg.models.lavt import DEFAULT_SWIN, DEFAULT_TEXT_ENCODER
-from rsseg.tasks.segmentation import SCHEDULERS, _lr_lambda
+from rsseg.tasks.segmentation import SCHEDULERS, with_schedule
 
 MASK_LOSSES = ("bce", "lavt_ce")
 
@@ -183,9 +183,4 @@ class DANetTask(LightningModule):
             {"params": [p for n, p in named if not _no_weight_decay(n, p)], "weight_decay": hp.weight_decay},
             {"params": [p for n, p in named if _no_weight_decay(n, p)], "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
-        if hp.scheduler == "none" and hp.warmup_steps == 0:
-            return {"optimizer": optimizer}
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(hp.scheduler, hp.warmup_steps, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return with_schedule(torch.optim.AdamW(groups, lr=hp.lr), hp.scheduler, hp.warmup_steps, self.trainer)

@@ -211,12 +211,16 @@ class SegmentationTask(LightningModule):
             {"params": [p for p in trainable if id(p) in encoder], "lr": hp.lr * hp.encoder_lr_mult},
         ]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=hp.weight_decay)
-        if hp.scheduler == "none" and hp.warmup_steps == 0:
-            return {"optimizer": optimizer}
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = _lr_lambda(hp.scheduler, hp.warmup_steps, total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return with_schedule(optimizer, hp.scheduler, hp.warmup_steps, self.trainer)
+
+
+def with_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, trainer) -> dict[str, Any]:
+    """Lightning's optimiser config: ``optimizer`` with the per-step schedule ``kind`` after linear warm-up."""
+    if kind == "none" and warmup_steps == 0:
+        return {"optimizer": optimizer}
+    total = max(int(trainer.estimated_stepping_batches), 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(kind, warmup_steps, total))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def _lr_lambda(kind: str, warmup: int, total: int):
