@@ -5,8 +5,8 @@ For each batch size, precision (fp32, bf16 autocast) and memory format (contiguo
 * training images/s: one full step of the two-branch objective (forward of both branches, the
   Eq. 2–8 loss, backward, AdamW) after warm-up steps;
 * inference latency per batch and images/s of the dynamic branch (eval mode, ``torch.inference_mode``);
-* peak memory: ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on a CPU (it only
-  grows, so CPU records report the running maximum).
+* peak memory: ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on a CPU (its
+  high-water mark reset before each measurement).
 
 ``--compare-unfolded`` adds the same measurements with the aggregator applied after the concatenation
 (the released code's order) to show what folding it per stage saves. Also records the parameter

@@ -6,8 +6,8 @@ bf16 autocast), with Swin-B (window 12) and a BERT-base-sized text encoder (rand
 * training images/s: one full step (forward, the Eq. 11 loss with the affinity term on {F_2, F_3, F_4}
   for DANet and LAVT's weighted cross-entropy, backward, AdamW) after warm-up steps;
 * inference latency per batch and images/s (eval mode, ``torch.inference_mode``);
-* peak memory: ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on a CPU (a running
-  maximum over the records).
+* peak memory: ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on a CPU (its
+  high-water mark reset before each measurement).
 
 Also records the parameter counts of both models (the affinity alignment adds none; RAAM adds its own).
 

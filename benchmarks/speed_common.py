@@ -20,14 +20,28 @@ def synchronize(device: str) -> None:
 
 
 def reset_peak_memory(device: str) -> None:
+    """Start a fresh peak: the CUDA allocator's, or on Linux the process's RSS high-water mark (clear_refs 5)."""
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:  # not Linux: the peak stays a running maximum over the process
+        pass
 
 
 def peak_memory_mib(device: str) -> float:
-    """``torch.cuda.max_memory_allocated`` on a GPU; the process's peak RSS on a CPU (a running maximum)."""
+    """``torch.cuda.max_memory_allocated`` on a GPU; the process's peak RSS since the last reset on a CPU."""
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -67,6 +81,7 @@ def train_and_infer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tr
         "train_peak_mib": round(train_peak, 1),
         "inference_latency_s": round(infer_s, 4), "inference_img_per_s": round(batch_size / infer_s, 3),
         "inference_peak_mib": round(peak_memory_mib(device), 1), "iters": iters,
+        "load_avg_1min_after": round(os.getloadavg()[0], 2),  # > the thread count: the timing was disturbed
     }
 
 
