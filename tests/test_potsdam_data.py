@@ -544,3 +544,48 @@ def test_parallel_preparation_matches_serial(prepared, raw, tmp_path):
     }
     for path in sorted(root.rglob("*.png")):
         assert (tmp_path / "dst" / path.relative_to(root)).read_bytes() == path.read_bytes()
+
+
+def _crops(root: Path, seed: int, workers: int) -> list[torch.Tensor]:
+    from lightning import seed_everything
+
+    from rsseg.data.potsdam import PotsdamDataModule
+
+    seed_everything(seed)
+    data = PotsdamDataModule(str(root), batch_size=1, crop_size=32, num_workers=workers, persistent_workers=False)
+    data.setup("fit")
+    return [batch["mask"][0] for batch, _ in zip(data.train_dataloader(), range(8), strict=False)]
+
+
+def test_augmentation_follows_the_seed_and_differs_between_workers(tiny_potsdam):
+    """albumentations seeds its own generator: without seeding, every forked worker drew the same crops."""
+    first, again, other = _crops(tiny_potsdam, 3, 0), _crops(tiny_potsdam, 3, 0), _crops(tiny_potsdam, 4, 0)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+    with_workers = _crops(tiny_potsdam, 3, 2)
+    assert all(torch.equal(a, b) for a, b in zip(with_workers, _crops(tiny_potsdam, 3, 2), strict=True))
+
+
+class _Draws(torch.utils.data.Dataset):
+    """Each sample is the next number from the transform's generator: what a random crop would draw."""
+
+    def __init__(self):
+        from rsseg.data.base import seeded_compose
+
+        self.transform = seeded_compose([])
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return int(self.transform.random_generator.integers(1 << 30))
+
+
+@pytest.mark.parametrize("init", [True, False])
+def test_workers_draw_different_augmentations(init):
+    from rsseg.data.base import seed_augmentation
+
+    loader = torch.utils.data.DataLoader(_Draws(), batch_size=1, num_workers=2,
+                                         worker_init_fn=seed_augmentation if init else None)
+    draws = [int(x) for x in loader]  # worker 0 gives samples 0 and 2, worker 1 samples 1 and 3
+    assert (draws[0] != draws[1]) == init  # without reseeding both workers repeat the same stream

@@ -9,6 +9,7 @@ and are normalised last, so augmentation is cheap and masks are never interpolat
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -73,7 +74,28 @@ def train_transform(
         steps.append(A.RandomCrop(crop_size, crop_size, pad_if_needed=True, fill=0, fill_mask=ignore_index))
     if augment:
         steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
-    return A.Compose(steps) if steps else None
+    return seeded_compose(steps) if steps else None
+
+
+def seeded_compose(steps: list[Any]) -> A.Compose:
+    """``A.Compose(steps)`` seeded from torch's generator, so ``seed_everything`` makes augmentation
+    reproducible (albumentations otherwise seeds its own generator from the OS)."""
+    return A.Compose(steps, seed=int(torch.randint(2**31 - 1, ()).item()))
+
+
+def seed_augmentation(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: reseed the dataset's albumentations transform per worker.
+
+    The transform's generator is copied into every forked worker, so without this all workers would draw
+    the same crops and flips. The seed is torch's worker seed: distinct per worker and epoch, reproducible
+    under ``seed_everything``. Wrapping datasets (``.dataset``) are searched too.
+    """
+    dataset = torch.utils.data.get_worker_info().dataset
+    while dataset is not None:
+        transform = getattr(dataset, "transform", None)
+        if hasattr(transform, "set_random_seed"):
+            transform.set_random_seed(torch.initial_seed() % 2**32)
+        dataset = getattr(dataset, "dataset", None)
 
 
 class PreparedPatchDataset(Dataset):
@@ -111,6 +133,10 @@ class PreparedPatchDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.patches)
+
+    def sample_id(self, index: int) -> str:
+        """``meta["id"]`` of sample ``index``, known without reading it (to find files named after it)."""
+        return self.patches[index]["id"]
 
     def image_path(self, index: int) -> Path:
         return self.root / self.split / "images" / f"{self.patches[index]['id']}.png"
@@ -190,6 +216,11 @@ class PatchDataModule(lightning.LightningDataModule):
     the patches) instead of patches: pair it with the task's ``inference_window`` for native-resolution
     sliding-window evaluation.
 
+    ``predict_split`` (default "test") is the split ``predict`` runs over, without the training
+    transform (no crop, no augmentation), e.g. "train" to write coarse label maps of the training patches
+    with :class:`rsseg.data.coarse.CoarseMapWriter`; a split the dataset does not have is a DataError at
+    ``setup``.
+
     Subclasses set ``dataset_class`` (which names the dataset), ``raw_pattern`` (a file name that marks
     the raw download, for a helpful error) and ``make_spec``. A protocol without a val split (e.g.
     Potsdam "official") gets no val dataloader during fit, and ``validate`` raises a DataError. Under
@@ -212,6 +243,7 @@ class PatchDataModule(lightning.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         eval_whole_tiles: bool = False,
+        predict_split: str = "test",
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -228,6 +260,7 @@ class PatchDataModule(lightning.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.eval_whole_tiles = eval_whole_tiles
+        self.predict_split = predict_split
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD  # what the task needs to normalise uint8 tiles
         self.spec: DatasetSpec = self.make_spec(self.protocol)
         self.num_classes: int = self.spec.num_classes
@@ -281,7 +314,17 @@ class PatchDataModule(lightning.LightningDataModule):
         if stage in ("test", None):
             self.test_dataset = self._dataset("test")
         if stage in ("predict", None):
-            self.predict_dataset = self._dataset("test")
+            self.predict_dataset = self._dataset(self.checked_predict_split(splits))
+
+    def checked_predict_split(self, splits: Iterable[str]) -> str:
+        """``predict_split`` if it is one of ``splits``, else a DataError naming the root and the splits."""
+        splits = list(splits)
+        if self.predict_split not in splits:
+            raise DataError(
+                f"{self.root}: predict_split {self.predict_split!r} is not a split of this "
+                f"{self.spec.name} dataset (it has {', '.join(splits)})"
+            )
+        return self.predict_split
 
     def _log_splits(self, manifest: dict[str, Any]) -> None:
         for split, info in manifest["splits"].items():
@@ -323,6 +366,7 @@ class PatchDataModule(lightning.LightningDataModule):
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
+            worker_init_fn=seed_augmentation if workers > 0 else None,
         )
 
     def _unpadded_sampler(self, dataset: PreparedPatchDataset) -> torch.utils.data.Sampler | None:

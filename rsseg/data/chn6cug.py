@@ -178,6 +178,10 @@ class CHN6CUGDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def sample_id(self, index: int) -> str:
+        """``meta["id"]`` of sample ``index``, known without reading it (to find files named after it)."""
+        return self.ids[index]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         tile = self.ids[index]
         image_path, mask_path = self.pairs[tile]
@@ -208,7 +212,9 @@ class CHN6CUGDataModule(PatchDataModule):
     ``crop_size`` random-crops training tiles (None keeps whole tiles; tiles are 512², so 512 only pads
     smaller ones, with ignore); ``augment`` adds flips and rot90. Evaluation uses whole tiles. Under the
     ``official`` protocol there is no val split (fit runs without validation, ``validate`` raises a
-    DataError); ``holdout`` holds ``val_fraction`` of ``train/`` out as val. Test and predict use ``val/``.
+    DataError); ``holdout`` holds ``val_fraction`` of ``train/`` out as val. Test uses ``val/``; predict
+    uses the protocol split ``predict_split`` ("test" = ``val/`` by default, "train", or "val" under
+    ``holdout``), whole tiles without augmentation.
     """
 
     default_protocol = DEFAULT_PROTOCOL
@@ -249,7 +255,9 @@ class CHN6CUGDataModule(PatchDataModule):
         if stage in ("test", None):
             self.test_dataset = self._split_dataset("test")
         if stage in ("predict", None):
-            self.predict_dataset = self.test_dataset or self._split_dataset("test")
+            split = self.checked_predict_split(splits)
+            reuse = split == "test" and self.test_dataset is not None
+            self.predict_dataset = self.test_dataset if reuse else self._split_dataset(split)
 
     def val_dataloader(self):
         if self.val_dataset is None and "val" not in self.load_splits():

@@ -295,6 +295,10 @@ class FilePairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def sample_id(self, index: int) -> str:
+        """``meta["id"]`` of sample ``index``, known without reading it (to find files named after it)."""
+        return self.samples[index].id
+
     def decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
         """Raw mask file contents → uint8 class indices with 255 = ignore."""
         return raw
@@ -382,7 +386,8 @@ class LoveDADataModule(PatchDataModule):
     prediction use whole images. ``scenes`` selects Urban and/or Rural. ``protocol`` is "standard"
     (Train / Val / Test) or "trainval" (fit on Train + Val, no validation). ``setup("test")`` is a
     DataError because Test labels are private; ``predict`` runs over the Test images (samples without
-    ``mask``), for :class:`rsseg.data.submission.LoveDASubmissionWriter`.
+    ``mask``), for :class:`rsseg.data.submission.LoveDASubmissionWriter`, or over ``predict_split``
+    ("train", "val" or "trainval", whole images without augmentation).
 
     The loaders (and their DDP sharding without duplicates) come from ``PatchDataModule``; the
     prepared-root manifest machinery there is not used.
@@ -427,7 +432,7 @@ class LoveDADataModule(PatchDataModule):
                     "validate on; use protocol 'standard' for Val scores"
                 )
         if stage in ("predict", None):
-            self.predict_dataset = self._dataset("test")
+            self.predict_dataset = self._dataset(self.checked_predict_split([*SPLIT_FOLDERS, *MERGED_SPLITS]))
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.has_val:

@@ -54,7 +54,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD, PatchDataModule, normalise
+from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD, PatchDataModule, normalise, seeded_compose
 from rsseg.data.chn6cug import binarise_mask
 from rsseg.data.errors import DataError
 from rsseg.data.io import read_image
@@ -346,6 +346,7 @@ class RefSegRSDataModule(PatchDataModule):
     ``image_size=480`` is the LAVT protocol (None: native 512²); ``native_masks=True`` adds ``mask_native``
     to evaluation samples for native-resolution metrics. Model selection uses val, never test (zhu-xlab
     ``train.py`` selects on test). ``augment`` only jitters brightness/contrast (see the module docstring).
+    ``predict_split`` ("test", "val" or "train") is scored like val/test: every expression, no jitter.
     """
 
     default_protocol = PROTOCOL
@@ -372,9 +373,9 @@ class RefSegRSDataModule(PatchDataModule):
     def make_spec(self, protocol: str, manifest: dict[str, Any] | None = None) -> DatasetSpec:
         return refsegrs_spec(protocol)
 
-    def _split_dataset(self, split: str) -> RefSegRSDataset:
-        train = split == "train"
-        transform = A.Compose([A.RandomBrightnessContrast(0.1, 0.1, p=0.5)]) if train and self.augment else None
+    def _split_dataset(self, split: str, train: bool = False) -> RefSegRSDataset:
+        """``train``: one random sentence per object and the jitter; else every expression, as evaluated."""
+        transform = seeded_compose([A.RandomBrightnessContrast(0.1, 0.1, p=0.5)]) if train and self.augment else None
         dataset = RefSegRSDataset(
             self.root,
             split,
@@ -392,13 +393,15 @@ class RefSegRSDataModule(PatchDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None):
-            self.train_dataset = self._split_dataset("train")
+            self.train_dataset = self._split_dataset("train", train=True)
         if stage in ("fit", "validate", None):
             self.val_dataset = self._split_dataset("val")
         if stage in ("test", None):
             self.test_dataset = self._split_dataset("test")
         if stage in ("predict", None):
-            self.predict_dataset = self.test_dataset or self._split_dataset("test")
+            split = self.checked_predict_split(SPLITS)
+            reuse = split == "test" and self.test_dataset is not None
+            self.predict_dataset = self.test_dataset if reuse else self._split_dataset(split)
 
     def val_dataloader(self):
         return self._loader(self._require("val_dataset", "validate"), self.eval_batch_size, train=False)

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from rsseg.data.base import PatchDataModule, PreparedPatchDataset, normalise
+from rsseg.data.base import PatchDataModule, PreparedPatchDataset, normalise, seeded_compose
 from rsseg.data.errors import DataError, DataWarning
 from rsseg.data.io import read_image
 from rsseg.data.palette import decode_colours, pack_rgb
@@ -601,7 +601,7 @@ def uavid_train_transform(crop_size: int | None, augment: bool = True, ignore_in
         steps.append(A.RandomCrop(crop_size, crop_size, pad_if_needed=True, fill=0, fill_mask=ignore_index))
     if augment:
         steps.append(A.HorizontalFlip(p=0.5))
-    return A.Compose(steps) if steps else None
+    return seeded_compose(steps) if steps else None
 
 
 _META_KEYS = ("id", "tile", "seq", "frame", "y", "x", "height", "width", "tile_height", "tile_width")
@@ -679,8 +679,7 @@ class UAVidDataModule(PatchDataModule):
         """``predict_split``: "test" (the submission) or "val"; other arguments: ``PatchDataModule``."""
         if predict_split not in ("test", "val"):
             raise ValueError(f"predict_split must be 'test' or 'val', got {predict_split!r}")
-        super().__init__(root, **kwargs)
-        self.predict_split = predict_split
+        super().__init__(root, predict_split=predict_split, **kwargs)
 
     def make_spec(self, protocol: str, manifest: dict[str, Any] | None = None) -> DatasetSpec:
         return uavid_spec(protocol)

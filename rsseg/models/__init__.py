@@ -2,5 +2,6 @@
 
 from rsseg.models.d2ls import D2LS
 from rsseg.models.danet import DANet
+from rsseg.models.idgbr import IDGBR
 
-__all__ = ["D2LS", "DANet"]
+__all__ = ["D2LS", "DANet", "IDGBR"]

@@ -2,6 +2,10 @@
 
 from rsseg.tasks.d2ls import D2LSTask
 from rsseg.tasks.danet import DANetTask, ReferringLoss
+from rsseg.tasks.idgbr import IDGBRTask, LabelEmbeddingTask
 from rsseg.tasks.segmentation import SegmentationTask, SMPSegmentationTask
 
-__all__ = ["D2LSTask", "DANetTask", "ReferringLoss", "SegmentationTask", "SMPSegmentationTask"]
+__all__ = [
+    "D2LSTask", "DANetTask", "IDGBRTask", "LabelEmbeddingTask", "ReferringLoss", "SegmentationTask",
+    "SMPSegmentationTask",
+]

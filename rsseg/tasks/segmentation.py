@@ -17,7 +17,7 @@ from torch import nn
 
 from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD
 from rsseg.data.spec import IGNORE_INDEX
-from rsseg.metrics import SegmentationMetrics
+from rsseg.metrics import BoundaryWFMeasure, SegmentationMetrics
 from rsseg.models.baselines import build_smp_model
 from rsseg.models.sliding_window import sliding_window_logits
 
@@ -75,6 +75,8 @@ class SegmentationTask(LightningModule):
             metrics; computed in ``wfm_workers`` background threads while inference goes on.
         wfm_device: ``"cpu"`` (numpy/OpenCV in those threads) or ``"same"`` (batched torch on the
             predictions' device, for GPUs; same scores, see :class:`rsseg.metrics.SegmentationMetrics`).
+        test_boundary_wfm: add IDGBR's class-agnostic boundary WF-measure, "WF (3px)", to the test metrics
+            (``test/boundary_WF``; :class:`rsseg.metrics.BoundaryWFMeasure`).
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class SegmentationTask(LightningModule):
         test_per_class_wfm: bool = True,
         wfm_workers: int = 2,
         wfm_device: str = "cpu",
+        test_boundary_wfm: bool = True,
     ):
         super().__init__()
         if num_classes is None or num_classes < 2:
@@ -108,6 +111,7 @@ class SegmentationTask(LightningModule):
         self.net = self.build_network()
         self.val_metrics: SegmentationMetrics | None = None
         self.test_metrics: SegmentationMetrics | None = None
+        self.test_boundary: BoundaryWFMeasure | None = None
 
     # --- what subclasses provide -------------------------------------------------------------
     def build_network(self) -> nn.Module:
@@ -122,6 +126,8 @@ class SegmentationTask(LightningModule):
         if self.val_metrics is None:
             self.val_metrics = self._make_metrics()
             self.test_metrics = self._make_metrics(per_class_wfm=self.hparams.test_per_class_wfm)
+            if self.hparams.test_boundary_wfm:
+                self.test_boundary = BoundaryWFMeasure()
 
     def _make_metrics(self, per_class_wfm: bool = False) -> SegmentationMetrics:
         spec = getattr(self._datamodule(), "spec", None)
@@ -177,7 +183,13 @@ class SegmentationTask(LightningModule):
         if batch["image"].is_floating_point():  # whole uint8 tiles: no loss over a tile-sized logit map
             loss = self.criterion(logits, batch["mask"])
             self.log(f"{prefix}/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
-        metrics.update(logits.argmax(1).to(batch["mask"].device), batch["mask"])
+        self._update_metrics(logits.argmax(1).to(batch["mask"].device), batch["mask"], metrics, prefix)
+
+    def _update_metrics(self, pred: torch.Tensor, mask: torch.Tensor, metrics: SegmentationMetrics,
+                        prefix: str) -> None:
+        metrics.update(pred, mask)
+        if prefix == "test" and self.test_boundary is not None:
+            self.test_boundary.update(pred, mask)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
@@ -200,6 +212,9 @@ class SegmentationTask(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")
+        if self.test_boundary is not None:
+            self.log("test/boundary_WF", self.test_boundary.compute()["WF"])
+            self.test_boundary.reset()
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

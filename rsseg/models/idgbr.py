@@ -1,0 +1,452 @@
+"""IDGBR: boundary refinement of a coarse label map by latent diffusion (paper 004, §III).
+
+The parts, each named after the paper:
+
+* :class:`LabelEmbedding` — the shallow label encoder E_e (an embedding table to 3 channels, Eq. 12:
+  E = 2·sigmoid(E_0) − 1) and decoder D_e (two 1×1 convolutions 3 → 128 → K), trained on their own.
+* the frozen Stable Diffusion VAE (E_I, D_I; with E_e/D_e it forms E_S, D_S of §III-A);
+* the trainable denoising UNet ε_θ (diffusers ``UNet2DConditionModel``, SD v1.5 architecture) on the
+  noisy label latent z_t alone;
+* :class:`ConditionalGuidanceNetwork` (§III-C) — a frozen pseudo-siamese copy of the UNet's encoder
+  (12 down blocks + mid) applied to c_I = E_I(x) and c_r = E_S(y_r), and L = 13
+  :class:`GuidanceModule` (zero 1×1 convolution, Eq. 8, then cross-attention, Eq. 9–10) whose outputs
+  f_g are added to the UNet's long skip connections and mid block;
+* :func:`sample_timesteps` (uniform or cubic, Eq. 13) and DDIM sampling with classifier-free guidance
+  (Algorithm 2) in :meth:`IDGBR.sample`.
+
+The UNet is run in two halves (:func:`unet_encode`, :func:`unet_decode`) so that f_zt is computed once
+per step: the released code runs the UNet encoder twice per step (once for the guidance modules, once
+inside the full forward), and recomputes the frozen condition features at every sampling step; here
+they are computed once per image, and the guided and unguided CFG branches share one encoder pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+# Stable Diffusion v1.5's UNet and VAE (their diffusers configs), for random-weight builds of the full size.
+SD15_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+}
+SD15_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+PROMPT_TOKENS = 77  # CLIP's context length: the empty prompt's embedding is 77 × cross_attention_dim
+
+
+# --- label embedding (E_e, D_e) -------------------------------------------------------------------
+class LabelEmbedding(nn.Module):
+    """E_e and D_e of §III-A: class index → 3-channel code in [−1, 1] (Eq. 12) and back to K logits.
+
+    ``noise_std`` is the Gaussian noise added to the code before decoding in training (the paper's
+    variance 0.25 → std 0.5; the released code uses 0.15). ``train_table=False`` keeps the embedding
+    table at its N(0, 1) initialisation as the released code does (its ``encode`` runs under no_grad);
+    the paper learns it.
+    """
+
+    def __init__(self, num_classes: int, channels: int = 3, hidden: int = 128, noise_std: float = 0.5,
+                 train_table: bool = True) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be ≥ 2, got {num_classes}")
+        self.num_classes = num_classes
+        self.noise_std = noise_std
+        self.table = nn.Embedding(num_classes, channels)
+        self.table.weight.requires_grad_(train_table)
+        self.decoder = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
+                                     nn.Conv2d(hidden, num_classes, 1))
+
+    def encode(self, labels: Tensor) -> Tensor:
+        """B×H×W class indices → B×C×H×W code, Eq. 12."""
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got {int(labels.min())}…"
+                             f"{int(labels.max())} (replace ignored pixels before encoding)")
+        return 2 * torch.sigmoid(self.table(labels).permute(0, 3, 1, 2)) - 1
+
+    def decode(self, code: Tensor) -> Tensor:
+        """B×C×H×W code → B×K×H×W logits."""
+        return self.decoder(code)
+
+    def forward(self, labels: Tensor) -> Tensor:
+        """Logits of the (noised, in training) code of ``labels``: the embedding network's own objective."""
+        code = self.encode(labels)
+        if self.training and self.noise_std > 0:
+            code = code + self.noise_std * torch.randn_like(code)
+        return self.decode(code)
+
+
+# --- the UNet in two halves -----------------------------------------------------------------------
+@dataclass
+class UNetFeatures:
+    """The encoder half's outputs: the 12 skip features (f_zt of §III-C), the mid-block output and the
+    time embedding the decoder half needs."""
+
+    skips: tuple[Tensor, ...]
+    mid: Tensor
+    emb: Tensor
+
+
+def _check_plain_unet(unet) -> None:
+    cfg = unet.config
+    extras = {k: cfg.get(k) for k in ("class_embed_type", "addition_embed_type", "encoder_hid_dim")}
+    if any(v is not None for v in extras.values()) or cfg.get("center_input_sample"):
+        raise ValueError(f"IDGBR needs a Stable-Diffusion-style UNet without extra embeddings, got {extras}")
+
+
+def unet_encode(unet, sample: Tensor, timestep: Tensor | int, context: Tensor) -> UNetFeatures:
+    """Steps 1–4 of ``UNet2DConditionModel.forward`` (time embedding, conv_in, down blocks, mid block)."""
+    emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
+    if unet.time_embed_act is not None:
+        emb = unet.time_embed_act(emb)
+    hidden = unet.conv_in(sample)
+    skips: tuple[Tensor, ...] = (hidden,)
+    for block in unet.down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            hidden, res = block(hidden_states=hidden, temb=emb, encoder_hidden_states=context)
+        else:
+            hidden, res = block(hidden_states=hidden, temb=emb)
+        skips += res
+    if getattr(unet.mid_block, "has_cross_attention", False):
+        hidden = unet.mid_block(hidden, emb, encoder_hidden_states=context)
+    else:
+        hidden = unet.mid_block(hidden, emb)
+    return UNetFeatures(skips, hidden, emb)
+
+
+def unet_decode(unet, features: UNetFeatures, context: Tensor, residuals: list[Tensor] | None = None) -> Tensor:
+    """Steps 5–6 of ``UNet2DConditionModel.forward``; ``residuals`` (12 skips + mid) are added to the
+    skip connections and the mid-block output first, as diffusers' ControlNet residuals are."""
+    skips, hidden = features.skips, features.mid
+    if residuals is not None:
+        skips = tuple(s + r for s, r in zip(skips, residuals[:-1], strict=True))
+        hidden = hidden + residuals[-1]
+    factor = 2**unet.num_upsamplers
+    forward_size = any(dim % factor for dim in skips[0].shape[-2:])
+    upsample_size = None
+    for i, block in enumerate(unet.up_blocks):
+        res, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
+        if i < len(unet.up_blocks) - 1 and forward_size:
+            upsample_size = skips[-1].shape[2:]
+        kwargs = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+        hidden = block(hidden_states=hidden, temb=features.emb, res_hidden_states_tuple=res,
+                       upsample_size=upsample_size, **kwargs)
+    if unet.conv_norm_out is not None:
+        hidden = unet.conv_act(unet.conv_norm_out(hidden))
+    return unet.conv_out(hidden)
+
+
+def skip_channels(unet) -> list[int]:
+    """Channels of the 12 skip features and the mid block (13 for SD v1.5), from the UNet's config."""
+    cfg = unet.config
+    widths = list(cfg.block_out_channels)
+    layers = cfg.layers_per_block
+    layers = [layers] * len(widths) if isinstance(layers, int) else list(layers)
+    channels = [widths[0]]
+    for i, (width, count) in enumerate(zip(widths, layers, strict=True)):
+        channels += [width] * count + ([width] if i < len(widths) - 1 else [])
+    return channels + [widths[-1]]
+
+
+# --- conditional guidance network (§III-C) ----------------------------------------------------------
+class GuidanceModule(nn.Module):
+    """One conditional guidance module: f' = ZConv([f_zt, f_c]) (Eq. 8), f_g = f' + Attn(f', f_c, f_c)
+    (Eq. 9–10) with multi-head scaled-dot-product attention over the flattened positions.
+
+    The 1×1 convolution is zero-initialised (the paper's ZConv) and so is the attention's output
+    projection, so a fresh module outputs exactly zero and the UNet starts as pretrained. Queries and
+    keys/values are LayerNormed before their projections (the released code's pre-norm; the paper does not
+    say). Attention width and heads: the released code's 512 and 8.
+    """
+
+    def __init__(self, channels: int, width: int = 512, heads: int = 8) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"attention width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.zero_conv = nn.Conv2d(3 * channels, channels, 1)
+        self.norm_query = nn.LayerNorm(channels)
+        self.norm_cond = nn.LayerNorm(2 * channels)
+        self.to_q = nn.Linear(channels, width)
+        self.to_kv = nn.Linear(2 * channels, 2 * width)
+        self.to_out = nn.Linear(width, channels)
+        for layer in (self.zero_conv, self.to_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, noisy: Tensor, cond: Tensor) -> Tensor:
+        fused = self.zero_conv(torch.cat([noisy, cond], dim=1))  # Eq. 8
+        b, c, h, w = fused.shape
+        query = self.to_q(self.norm_query(fused.flatten(2).transpose(1, 2)))
+        key, value = self.to_kv(self.norm_cond(cond.flatten(2).transpose(1, 2))).chunk(2, dim=-1)
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (query, key, value))
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)  # Eq. 9
+        return fused + self.to_out(attended).transpose(1, 2).reshape(b, c, h, w)  # Eq. 10
+
+
+class ConditionalGuidanceNetwork(nn.Module):
+    """The frozen pseudo-siamese UNet encoder (θ_c) and the L = 13 guidance modules.
+
+    ``encoder`` is a copy of the denoising UNet taken before fine-tuning, kept frozen, with its decoder
+    half removed. Condition features f_c = concat(F(c_I; θ_c), F(c_r; θ_c)) are computed at the fixed
+    ``timestep`` (the released code's t = 1; the paper does not say) once per image.
+    """
+
+    def __init__(self, unet, width: int = 512, heads: int = 8, timestep: int = 1) -> None:
+        super().__init__()
+        self.encoder = copy.deepcopy(unet)
+        self.encoder.up_blocks = nn.ModuleList()
+        self.encoder.conv_norm_out = self.encoder.conv_act = self.encoder.conv_out = None
+        self.encoder.requires_grad_(False).eval()
+        self.timestep = timestep
+        self.blocks = nn.ModuleList(GuidanceModule(c, width, heads) for c in skip_channels(unet))
+
+    def train(self, mode: bool = True) -> ConditionalGuidanceNetwork:
+        super().train(mode)
+        self.encoder.eval()  # frozen: no dropout
+        return self
+
+    @torch.no_grad()
+    def condition(self, image_latent: Tensor, label_latent: Tensor, context: Tensor) -> list[Tensor]:
+        """f_c for each of the 13 levels: 2C channels (image features ‖ coarse-label features)."""
+        both = torch.cat([image_latent, label_latent])  # one encoder pass for both conditions
+        feats = unet_encode(self.encoder, both, self.timestep, context.expand(both.shape[0], -1, -1))
+        return [torch.cat(f.chunk(2), dim=1) for f in (*feats.skips, feats.mid)]
+
+    def forward(self, noisy: UNetFeatures, cond: list[Tensor]) -> list[Tensor]:
+        """f_g for each level, to be added to the UNet's skips and mid block."""
+        return [block(f, c) for block, f, c in zip(self.blocks, (*noisy.skips, noisy.mid), cond, strict=True)]
+
+
+# --- timesteps (Eq. 13) ---------------------------------------------------------------------------------
+def sample_timesteps(batch: int, num_train_timesteps: int = 1000, cubic: bool = False,
+                     device: torch.device | str | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """t ~ U{0, …, T−1}; with ``cubic``, t ← ⌊(1 − (t/T)³)·T⌋ clamped to T − 1 (Eq. 13), which favours
+    high-noise steps (mean 0.75·T instead of 0.5·T)."""
+    t = torch.randint(0, num_train_timesteps, (batch,), generator=generator, device=device)
+    return cubic_timesteps(t, num_train_timesteps) if cubic else t
+
+
+def cubic_timesteps(t: Tensor, num_train_timesteps: int = 1000) -> Tensor:
+    """Eq. 13 applied to integer timesteps ``t``."""
+    T = num_train_timesteps
+    return ((1 - (t.double() / T) ** 3) * T).floor().clamp(max=T - 1).long()
+
+
+# --- the model ------------------------------------------------------------------------------------------
+class IDGBR(nn.Module):
+    """Latent-diffusion refiner: (image, coarse label map) → refined class logits.
+
+    Args:
+        num_classes: K, the classes of the label embedding.
+        sd_model: Stable Diffusion v1.5 in diffusers format (hub id or local folder) for UNet, VAE and the
+            empty-prompt embedding, loaded when ``pretrained``.
+        pretrained: load ``sd_model``; False builds the same architecture randomly initialised (or the
+            smaller ``unet_config`` / ``vae_config`` dicts, e.g. for tests), with a zero prompt embedding.
+        vae: a diffusers ``AutoencoderKL`` (hub id or folder) replacing ``sd_model``'s VAE, e.g.
+            ``stabilityai/sd-vae-ft-mse`` or an autoencoder fitted offline; loaded even when not ``pretrained``.
+        label_embedding: the pretrained :class:`LabelEmbedding` (frozen here); a fresh one when None.
+        guidance_width, guidance_heads: attention size of the guidance modules.
+        guidance_timestep: the fixed timestep of the pseudo-siamese encoder.
+        use_image, use_coarse: Table VIII's guidance switches; a switched-off condition is replaced by a
+            zero latent (the released code's ``no_rough`` ablation).
+        beta_schedule, beta_start, beta_end, num_train_timesteps: the DDIM noise schedule; the paper's β
+            increases linearly from 8.5e-4 to 1.2e-2 over T = 1000 (SD's own scheduler file, which the
+            released code loads, says ``scaled_linear``).
+        repa_source: which encoder feature REPA aligns: ``"unet"`` (the paper: the last hidden state of the
+            denoising UNet's encoder) or ``"guidance"`` (the released code: the last down-level guidance
+            output).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        sd_model: str = DEFAULT_SD_MODEL,
+        pretrained: bool = True,
+        unet_config: dict | None = None,
+        vae_config: dict | None = None,
+        vae: str | None = None,
+        label_embedding: LabelEmbedding | None = None,
+        guidance_width: int = 512,
+        guidance_heads: int = 8,
+        guidance_timestep: int = 1,
+        use_image: bool = True,
+        use_coarse: bool = True,
+        beta_schedule: str = "linear",
+        beta_start: float = 8.5e-4,
+        beta_end: float = 1.2e-2,
+        num_train_timesteps: int = 1000,
+        repa_source: str = "unet",
+    ) -> None:
+        super().__init__()
+        from diffusers import DDIMScheduler
+
+        if repa_source not in ("unet", "guidance"):
+            raise ValueError(f"repa_source must be 'unet' or 'guidance', got {repa_source!r}")
+        self.unet, self.vae, context = _load_stable_diffusion(sd_model, pretrained, unet_config, vae_config)
+        if vae is not None:
+            self.vae = _load_vae(vae)
+        _check_plain_unet(self.unet)
+        self.vae.requires_grad_(False).eval()
+        self.register_buffer("context", context, persistent=True)
+        self.guidance = ConditionalGuidanceNetwork(self.unet, guidance_width, guidance_heads, guidance_timestep)
+        self.label_embedding = label_embedding or LabelEmbedding(num_classes)
+        if self.label_embedding.num_classes != num_classes:
+            raise ValueError(f"label embedding has {self.label_embedding.num_classes} classes, expected {num_classes}")
+        self.label_embedding.requires_grad_(False).eval()
+        self.num_classes = num_classes
+        self.use_image, self.use_coarse = use_image, use_coarse
+        self.repa_source = repa_source
+        self.scheduler = DDIMScheduler(
+            num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+            beta_schedule=beta_schedule, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+            prediction_type="epsilon",
+        )
+        self.scaling_factor = self.vae.config.scaling_factor
+
+    def train(self, mode: bool = True) -> IDGBR:
+        super().train(mode)
+        self.vae.eval()
+        self.label_embedding.eval()
+        return self
+
+    @property
+    def latent_factor(self) -> int:
+        """Image pixels per latent pixel (8 for SD's VAE)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def repa_channels(self) -> int:
+        """Channels of the feature REPA aligns (the last skip: 1280 for SD v1.5)."""
+        return skip_channels(self.unet)[-2]
+
+    # --- encoders / decoders ---------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_image(self, image: Tensor, sample: bool = False) -> Tensor:
+        """VAE latent of an image given in the VAE's range (SD: [−1, 1]); the mean unless ``sample``."""
+        dist = self.vae.encode(image).latent_dist
+        return (dist.sample() if sample else dist.mode()) * self.scaling_factor
+
+    @torch.no_grad()
+    def encode_labels(self, labels: Tensor, sample: bool = False) -> Tensor:
+        """E_S(y) = E_I(E_e(y)): the latent of a B×H×W label map."""
+        return self.encode_image(self.label_embedding.encode(labels), sample)
+
+    def decode_labels(self, latent: Tensor) -> Tensor:
+        """D_S(z) = D_e(D_I(z)): B×K×H×W logits."""
+        return self.label_embedding.decode(self.vae.decode(latent / self.scaling_factor).sample)
+
+    def condition(self, image: Tensor, coarse: Tensor) -> list[Tensor]:
+        """f_c from the image (VAE range) and the coarse label map, with the ablation switches applied."""
+        image_latent = self.encode_image(image)
+        coarse_latent = self.encode_labels(coarse)
+        if not self.use_image:
+            image_latent = torch.zeros_like(image_latent)
+        if not self.use_coarse:
+            coarse_latent = torch.zeros_like(coarse_latent)
+        return self.guidance.condition(image_latent, coarse_latent, self.context)
+
+    # --- denoising ---------------------------------------------------------------------------------
+    def forward(self, noisy: Tensor, timesteps: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """ε̂(z_t, t | c_I, c_r) and the feature REPA aligns (B×C×h×w)."""
+        context = self.context.expand(noisy.shape[0], -1, -1)
+        feats = unet_encode(self.unet, noisy, timesteps, context)
+        guide = self.guidance(feats, cond)
+        hidden = feats.skips[-1] if self.repa_source == "unet" else guide[-2]
+        return unet_decode(self.unet, feats, context, guide), hidden
+
+    def guided_noise(self, noisy: Tensor, timestep: Tensor, cond: list[Tensor], guidance_scale: float) -> Tensor:
+        """ε = ε_u + w·(ε_c − ε_u): the unconditional branch is the UNet without guidance residuals; both
+        branches share one encoder pass."""
+        context = self.context.expand(noisy.shape[0], -1, -1)
+        feats = unet_encode(self.unet, noisy, timestep, context)
+        guided = unet_decode(self.unet, feats, context, self.guidance(feats, cond))
+        if guidance_scale == 1:
+            return guided
+        plain = unet_decode(self.unet, feats, context)
+        return plain + guidance_scale * (guided - plain)
+
+    @torch.no_grad()
+    def sample(self, image: Tensor, coarse: Tensor, steps: int = 25, guidance_scale: float = 3.0,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Algorithm 2: DDIM from pure noise (η = 0) under CFG, then D_S: B×K×H×W logits.
+
+        ``generator`` (a CPU generator) draws the initial noise, so a seed fixes the result on any device.
+        """
+        factor = self.latent_factor
+        if image.shape[-1] % factor or image.shape[-2] % factor:
+            raise ValueError(f"image size {tuple(image.shape[-2:])} must be a multiple of {factor} (the VAE's)")
+        cond = self.condition(image, coarse)
+        shape = (image.shape[0], self.unet.config.in_channels, image.shape[-2] // factor, image.shape[-1] // factor)
+        latent = torch.randn(shape, generator=generator).to(image.device, image.dtype)
+        scheduler = copy.deepcopy(self.scheduler)  # set_timesteps mutates it
+        scheduler.set_timesteps(steps, device=image.device)
+        latent = latent * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            noise = self.guided_noise(latent, t, cond, guidance_scale)
+            latent = scheduler.step(noise, t, latent, eta=0.0).prev_sample
+        return self.decode_labels(latent)
+
+
+def _load_vae(name_or_path: str) -> nn.Module:
+    from diffusers import AutoencoderKL
+
+    try:
+        return AutoencoderKL.from_pretrained(name_or_path)
+    except OSError as error:
+        raise OSError(f"cannot load the VAE {name_or_path!r} ({error}); pass a local diffusers folder") from error
+
+
+def _load_stable_diffusion(sd_model: str, pretrained: bool, unet_config: dict | None,
+                           vae_config: dict | None) -> tuple[nn.Module, nn.Module, Tensor]:
+    """UNet, VAE and the empty prompt's CLIP embedding (1 × 77 × D) of Stable Diffusion."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    if not pretrained:
+        unet = UNet2DConditionModel(**(unet_config or SD15_UNET))
+        vae = AutoencoderKL(**(vae_config or SD15_VAE))
+        return unet, vae, torch.zeros(1, PROMPT_TOKENS, unet.config.cross_attention_dim)
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    try:
+        unet = UNet2DConditionModel.from_pretrained(sd_model, subfolder="unet")
+        vae = AutoencoderKL.from_pretrained(sd_model, subfolder="vae")
+        tokenizer = CLIPTokenizer.from_pretrained(sd_model, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(sd_model, subfolder="text_encoder")
+    except OSError as error:
+        raise OSError(
+            f"cannot load Stable Diffusion {sd_model!r} ({error}); without internet it must already be in the "
+            "Hugging Face cache, or pass a local diffusers folder (or pretrained=False for random weights)"
+        ) from error
+    tokens = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    with torch.no_grad():
+        context = text_encoder(tokens.input_ids).last_hidden_state
+    logger.info("loaded Stable Diffusion from %s (UNet %.0f M parameters)", sd_model,
+                sum(p.numel() for p in unet.parameters()) / 1e6)
+    return unet, vae, context
+

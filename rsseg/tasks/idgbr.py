@@ -1,0 +1,268 @@
+"""IDGBR's two training stages as LightningModules (paper 004, §III, Algorithms 1–2).
+
+* :class:`LabelEmbeddingTask` — the label embedding network on its own (random label maps, CE).
+* :class:`IDGBRTask` — the diffusion refiner: Eq. 14's loss (noise MSE + λ·REPA for the first steps),
+  evaluation by 25-step DDIM sampling with classifier-free guidance, through the shared semantic metrics
+  and sliding windows. Batches carry the coarse map (``rsseg.data.CoarseMapDataModule``).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from torch import nn
+
+from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD
+from rsseg.models.idgbr import DEFAULT_SD_MODEL, IDGBR, LabelEmbedding, sample_timesteps
+from rsseg.models.repa import DEFAULT_DINO, DinoPatchFeatures, RepaProjector, repa_loss
+from rsseg.models.sliding_window import sliding_window_logits
+from rsseg.tasks.segmentation import SegmentationTask, with_schedule
+
+logger = logging.getLogger(__name__)
+
+VAE_INPUTS = ("unit", "imagenet")
+
+
+class LabelEmbeddingTask(LightningModule):
+    """Trains :class:`rsseg.models.idgbr.LabelEmbedding` with cross-entropy on noised codes (§III-A).
+
+    Defaults from the released code (the paper gives none): AdamW lr 1e-5, cosine schedule with 500
+    warm-up steps, on 64² random maps (``rsseg.data.RandomLabelMapDataModule``), 20k steps of batch 4.
+    ``val/accuracy`` is the noise-free reconstruction accuracy argmax(D_e(E_e(y))) = y that IDGBR relies
+    on; ``val/noisy_accuracy`` the accuracy under the training noise.
+    """
+
+    def __init__(self, num_classes: int | None = None, channels: int = 3, hidden: int = 128,
+                 noise_std: float = 0.5, train_table: bool = True, lr: float = 1e-5, weight_decay: float = 0.01,
+                 scheduler: str = "cosine", warmup_steps: int = 500) -> None:
+        super().__init__()
+        if num_classes is None:
+            raise ValueError("num_classes must be set (the CLI fills it in from the datamodule)")
+        self.save_hyperparameters()
+        self.net = LabelEmbedding(num_classes, channels, hidden, noise_std, train_table)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = F.cross_entropy(self.net(batch["mask"]), batch["mask"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["mask"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        mask, n = batch["mask"], batch["mask"].shape[0]
+        code = self.net.encode(mask)
+        clean = self.net.decode(code).argmax(1)
+        noisy = self.net.decode(code + self.net.noise_std * torch.randn_like(code)).argmax(1)
+        self.log("val/accuracy", (clean == mask).float().mean(), prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val/noisy_accuracy", (noisy == mask).float().mean(), batch_size=n, sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        return with_schedule(optimizer, hp.scheduler, hp.warmup_steps, self.trainer)
+
+
+def load_label_embedding(path: str, num_classes: int) -> LabelEmbedding:
+    """The :class:`LabelEmbedding` of a :class:`LabelEmbeddingTask` checkpoint (``net.*`` weights)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    state = {k[len("net."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
+    if "table.weight" not in state:
+        raise ValueError(f"{path}: not a LabelEmbeddingTask checkpoint (no net.table.weight)")
+    classes, channels = state["table.weight"].shape
+    if classes != num_classes:
+        raise ValueError(f"{path}: label embedding for {classes} classes, but the dataset has {num_classes}")
+    embedding = LabelEmbedding(classes, channels, state["decoder.0.weight"].shape[0])
+    embedding.load_state_dict(state)
+    return embedding
+
+
+class IDGBRTask(SegmentationTask):
+    """IDGBR's refiner trained and evaluated as a semantic method (metrics, logging, windows shared).
+
+    Model arguments are :class:`rsseg.models.IDGBR`'s. The rest:
+
+    Args:
+        label_embedding: checkpoint of the :class:`LabelEmbeddingTask` run for this dataset (None: a fresh,
+            untrained embedding, with a warning).
+        cubic_timesteps: Eq. 13's timestep sampling (the paper uses it on multi-class data; the released
+            configs turn it off for CHN6-CUG).
+        repa_model, repa_pretrained, repa_config: the DINOv2 target (hub id / folder; random tiny configs
+            for tests); ``repa_weight`` λ of Eq. 14 for the first ``repa_steps`` optimiser steps (paper
+            500, released code 200), after which the DINO model is freed. ``repa_weight=0`` turns REPA off.
+        repa_hidden: width of the projector h_φ.
+        vae_input: what the VAE encodes: ``"unit"`` (the image mapped to [−1, 1], as SD's VAE expects; the
+            paper) or ``"imagenet"`` (the ImageNet-normalised tensor, as the released code feeds it).
+        inference_steps, guidance_scale: DDIM steps and the CFG weight (paper: 25 and 3).
+        sampling_seed: seed of the initial noise of every sampled window (deterministic evaluation).
+        lr, weight_decay, scheduler: AdamW at a fixed 1e-5 (the paper; the released code uses a cosine
+            schedule with 500 warm-up steps: ``scheduler: cosine``, ``warmup_steps: 500``).
+
+    Ignored ground-truth pixels (255) take the coarse map's class in the diffusion target, since a latent
+    target cannot skip pixels; the metrics still ignore them.
+    """
+
+    def __init__(
+        self,
+        sd_model: str = DEFAULT_SD_MODEL,
+        pretrained: bool = True,
+        unet_config: dict | None = None,
+        vae_config: dict | None = None,
+        vae: str | None = None,
+        label_embedding: str | None = None,
+        guidance_width: int = 512,
+        guidance_heads: int = 8,
+        guidance_timestep: int = 1,
+        use_image: bool = True,
+        use_coarse: bool = True,
+        beta_schedule: str = "linear",
+        beta_start: float = 8.5e-4,
+        beta_end: float = 1.2e-2,
+        num_train_timesteps: int = 1000,
+        repa_source: str = "unet",
+        cubic_timesteps: bool = True,
+        repa_model: str = DEFAULT_DINO,
+        repa_pretrained: bool = True,
+        repa_config: dict | None = None,
+        repa_weight: float = 0.5,
+        repa_steps: int = 500,
+        repa_hidden: int = 2048,
+        vae_input: str = "unit",
+        inference_steps: int = 25,
+        guidance_scale: float = 3.0,
+        sampling_seed: int = 42,
+        lr: float = 1e-5,
+        weight_decay: float = 0.01,
+        scheduler: str = "none",
+        inference_window: int | None = 512,
+        **task_kwargs: Any,
+    ) -> None:
+        if vae_input not in VAE_INPUTS:
+            raise ValueError(f"vae_input must be one of {VAE_INPUTS}, got {vae_input!r}")
+        self._net_args = dict(
+            sd_model=sd_model, pretrained=pretrained, unet_config=unet_config, vae_config=vae_config, vae=vae,
+            guidance_width=guidance_width, guidance_heads=guidance_heads, guidance_timestep=guidance_timestep,
+            use_image=use_image, use_coarse=use_coarse, beta_schedule=beta_schedule, beta_start=beta_start,
+            beta_end=beta_end, num_train_timesteps=num_train_timesteps, repa_source=repa_source,
+        )
+        self._label_embedding_path = label_embedding
+        super().__init__(lr=lr, weight_decay=weight_decay, scheduler=scheduler, inference_window=inference_window,
+                         **task_kwargs)
+        self.repa_projector: RepaProjector | None = None
+        self._dino: DinoPatchFeatures | None = None  # kept out of the module tree: never checkpointed
+        if repa_weight > 0 and repa_steps > 0:
+            dim = _dino_dim(repa_model, repa_pretrained, repa_config)
+            self.repa_projector = RepaProjector(self.net.repa_channels, dim, repa_hidden)
+
+    def build_network(self) -> nn.Module:
+        if self._label_embedding_path:
+            embedding = load_label_embedding(self._label_embedding_path, self.num_classes)
+        else:
+            logger.warning("IDGBR: no label_embedding checkpoint given; the label embedding is untrained "
+                           "(train one with experiments/idgbr/label_embedding_*.yaml)")
+            embedding = None
+        return IDGBR(self.num_classes, label_embedding=embedding, **self._net_args)
+
+    # --- inputs -------------------------------------------------------------------------------------
+    def _vae_image(self, image: torch.Tensor) -> torch.Tensor:
+        """The VAE's input from the datamodule's normalised image (see ``vae_input``)."""
+        if self.hparams.vae_input == "imagenet":
+            return image
+        data = self._datamodule()
+        mean = torch.tensor(getattr(data, "mean", IMAGENET_MEAN), device=image.device).view(1, -1, 1, 1)
+        std = torch.tensor(getattr(data, "std", IMAGENET_STD), device=image.device).view(1, -1, 1, 1)
+        return (image * std + mean) * 2 - 1
+
+    # --- REPA ---------------------------------------------------------------------------------------
+    @property
+    def repa_active(self) -> bool:
+        hp = self.hparams
+        return self.repa_projector is not None and self.global_step < hp.repa_steps
+
+    def _dino_model(self) -> DinoPatchFeatures:
+        if self._dino is None:
+            hp = self.hparams
+            dino = DinoPatchFeatures(hp.repa_model, hp.repa_pretrained, hp.repa_config).to(self.device)
+            object.__setattr__(self, "_dino", dino)  # not a submodule: no checkpoint, no optimiser, no DDP
+        return self._dino
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A refiner built without REPA (``repa_weight: 0``, e.g. to test offline) still loads a checkpoint
+        trained with it: the projector is only used in training."""
+        if self.repa_projector is None:
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith("repa_projector.")]:
+                del state[key]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._dino is not None and not self.repa_active:
+            self._dino = None  # Eq. 14: λ = 0 from now on; free the DINO model
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            logger.info("IDGBR: representation alignment ends at step %d; DINOv2 released", self.global_step)
+
+    # --- training (Algorithm 1) ------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        image, mask, coarse = batch["image"], batch["mask"], batch["coarse"]
+        target = torch.where(mask == self.ignore_index, coarse, mask)
+        cond = self.net.condition(self._vae_image(image), coarse)
+        clean = self.net.encode_labels(target, sample=True)
+        noise = torch.randn_like(clean)
+        t = sample_timesteps(clean.shape[0], self.net.scheduler.config.num_train_timesteps,
+                             self.hparams.cubic_timesteps, device=clean.device)
+        noisy = self.net.scheduler.add_noise(clean, noise, t)
+        predicted, hidden = self.net(noisy, t, cond)
+        mse = F.mse_loss(predicted.float(), noise.float())
+        loss, n = mse, image.shape[0]
+        if self.repa_active:
+            alignment = repa_loss(self.repa_projector(hidden), self._dino_model()(image))
+            loss = loss + self.hparams.repa_weight * alignment
+            self.log("train/loss_repa", alignment.detach(), batch_size=n)
+        self.log("train/loss_mse", mse.detach(), batch_size=n)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        return loss
+
+    # --- inference (Algorithm 2) ------------------------------------------------------------------------
+    def refine(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """Refined logits B×K×H×W of one window batch; the same seed gives the same noise every call."""
+        generator = torch.Generator().manual_seed(self.hparams.sampling_seed)
+        return self.net.sample(self._vae_image(image), coarse, self.hparams.inference_steps,
+                               self.hparams.guidance_scale, generator)
+
+    def refine_logits(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """Logits at the input's size: one pass, or sliding windows (the coarse map travels as an extra
+        channel of the windowed input) when the image exceeds ``inference_window``."""
+        window = self.hparams.inference_window
+        if window is None or max(image.shape[-2:]) <= window:
+            return self.refine(image, coarse)
+        stacked = torch.cat([image, coarse.unsqueeze(1).to(image.dtype)], dim=1)
+        return sliding_window_logits(lambda x: self.refine(x[:, :-1], x[:, -1].round().long()), stacked, window,
+                                     self.hparams.inference_overlap, batch_size=image.shape[0],
+                                     blend=self.hparams.inference_blend)
+
+    def _eval_step(self, batch: dict[str, Any], metrics, prefix: str) -> None:
+        if not batch["image"].is_floating_point():
+            raise ValueError("IDGBR evaluates prepared patches with their coarse maps, not whole uint8 tiles")
+        pred = self.refine_logits(batch["image"], batch["coarse"]).argmax(1)
+        self._update_metrics(pred.to(batch["mask"].device), batch["mask"], metrics, prefix)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        pred = self.refine_logits(batch["image"], batch["coarse"]).argmax(1).to(torch.uint8)
+        return {"pred": pred, "meta": batch.get("meta")}
+
+
+def _dino_dim(name: str, pretrained: bool, config: dict | None) -> int:
+    """DINOv2's feature width without loading its weights (from ``config`` or the model's config file)."""
+    if config is not None:
+        return int(config["hidden_size"])
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(name).hidden_size)
+    except OSError as error:
+        raise OSError(f"cannot read the config of DINOv2 {name!r} ({error}); pass repa_config or a local folder, "
+                      "or set repa_weight: 0") from error
