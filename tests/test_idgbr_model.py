@@ -217,3 +217,38 @@ def test_a_separate_vae_folder_replaces_the_stable_diffusion_vae(tmp_path):
     assert not any(p.requires_grad for p in net.vae.parameters())
     with pytest.raises(OSError, match="cannot load the VAE"):
         IDGBR(3, vae=str(tmp_path / "missing"), **TINY_IDGBR)
+
+
+def test_full_size_build_is_stable_diffusion_v1_5():
+    """Random-weight builds (pretrained=False) have SD v1.5's UNet (859.52 M) and VAE (83.65 M) exactly, plus
+    13 guidance modules at the released code's width 512; counted on the meta device."""
+    with torch.device("meta"):
+        net = IDGBR(6, pretrained=False)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(net.unet) == 859_520_964 and count(net.vae) == 83_653_863
+    assert len(net.guidance.blocks) == 13 and net.repa_channels == 1280
+    assert count(net.guidance.blocks) == pytest.approx(67.94e6, rel=1e-3)
+
+
+def test_ddim_with_the_true_noise_follows_the_clean_latents_trajectory(model, monkeypatch):
+    """Algorithm 2's loop with an oracle ε̂ = (z_t − √ᾱ_t·z_0)/√(1 − ᾱ_t): deterministic DDIM keeps
+    z_t = √ᾱ_t·z_0 + √(1 − ᾱ_t)·ε* and stops at ᾱ_0 (SD's set_alpha_to_one=False), then decodes."""
+    image, coarse = _inputs(batch=1)
+    clean = torch.randn(1, 4, 12, 16)
+    alphas = model.scheduler.alphas_cumprod
+    seen = []
+
+    def oracle(noisy, t, cond, guidance_scale):
+        seen.append(int(t))
+        a = alphas[int(t)]
+        return (noisy - a.sqrt() * clean) / (1 - a).sqrt()
+
+    monkeypatch.setattr(model, "guided_noise", oracle)
+    with torch.no_grad():
+        logits = model.sample(image, coarse, steps=25, generator=torch.Generator().manual_seed(0))
+    assert seen == list(range(961, 0, -40))  # 25 "leading" steps, offset 1
+    start = torch.randn(1, 4, 12, 16, generator=torch.Generator().manual_seed(0))
+    direction = (start - alphas[961].sqrt() * clean) / (1 - alphas[961]).sqrt()
+    final = alphas[0].sqrt() * clean + (1 - alphas[0]).sqrt() * direction
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model.decode_labels(final), atol=1e-4, rtol=1e-4)
