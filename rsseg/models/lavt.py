@@ -52,21 +52,9 @@ class TextEncoder(nn.Module):
     def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER, pretrained: bool = True,
                  config: dict | None = None, frozen: bool = False) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModel
+        from rsseg.pretrained import load_transformers_model
 
-        from rsseg.pretrained import resolve
-
-        try:
-            if pretrained:
-                self.model = AutoModel.from_pretrained(resolve(name_or_path))
-            else:
-                cfg = AutoConfig.for_model(**config) if config else AutoConfig.from_pretrained(resolve(name_or_path))
-                self.model = AutoModel.from_config(cfg)
-        except OSError as error:
-            raise OSError(
-                f"cannot load text encoder {name_or_path!r} ({error}); without internet it must already be in "
-                "the Hugging Face cache, or pass a local folder (or pretrained=False with a config)"
-            ) from error
+        self.model = load_transformers_model(name_or_path, pretrained, config, "text encoder")
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # the pooled output is never used (LAVT: pooler=None)
         self.dim = self.model.config.hidden_size

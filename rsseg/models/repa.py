@@ -28,19 +28,9 @@ class DinoPatchFeatures(nn.Module):
     def __init__(self, name_or_path: str = DEFAULT_DINO, pretrained: bool = True, config: dict | None = None,
                  stride: int = 16) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModel
+        from rsseg.pretrained import load_transformers_model
 
-        try:
-            if pretrained:
-                self.model = AutoModel.from_pretrained(name_or_path)
-            else:
-                cfg = AutoConfig.for_model(**config) if config else AutoConfig.from_pretrained(name_or_path)
-                self.model = AutoModel.from_config(cfg)
-        except OSError as error:
-            raise OSError(
-                f"cannot load DINOv2 {name_or_path!r} ({error}); without internet it must already be in the "
-                "Hugging Face cache, or pass a local folder (or pretrained=False with a config)"
-            ) from error
+        self.model = load_transformers_model(name_or_path, pretrained, config, "DINOv2")
         self.model.requires_grad_(False).eval()
         self.patch = self.model.config.patch_size
         self.skip_tokens = 1 + getattr(self.model.config, "num_register_tokens", 0)  # [CLS] and registers

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from torch import nn
 
-from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD
 from rsseg.models.idgbr import DEFAULT_SD_MODEL, IDGBR, LabelEmbedding, sample_timesteps
 from rsseg.models.repa import DEFAULT_DINO, DinoPatchFeatures, RepaProjector, repa_loss
 from rsseg.models.sliding_window import sliding_window_logits
@@ -171,9 +170,7 @@ class IDGBRTask(SegmentationTask):
         """The VAE's input from the datamodule's normalised image (see ``vae_input``)."""
         if self.hparams.vae_input == "imagenet":
             return image
-        data = self._datamodule()
-        mean = torch.tensor(getattr(data, "mean", IMAGENET_MEAN), device=image.device).view(1, -1, 1, 1)
-        std = torch.tensor(getattr(data, "std", IMAGENET_STD), device=image.device).view(1, -1, 1, 1)
+        mean, std = self._statistics(image.device)
         return (image * std + mean) * 2 - 1
 
     # --- REPA ---------------------------------------------------------------------------------------

@@ -166,11 +166,19 @@ class SegmentationTask(LightningModule):
         """The trainer's datamodule, or None outside a Trainer (e.g. a model used on its own)."""
         return getattr(self._trainer, "datamodule", None)
 
-    def _normaliser(self):
+    def _statistics(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The datamodule's per-band mean and std (ImageNet's without one), shaped 1×C×1×1."""
         data = self._datamodule()
-        mean = torch.tensor(getattr(data, "mean", IMAGENET_MEAN)).view(1, -1, 1, 1)
-        std = torch.tensor(getattr(data, "std", IMAGENET_STD)).view(1, -1, 1, 1)
-        return lambda x: (x.float() / 255 - mean.to(x.device)) / std.to(x.device)
+        mean = torch.tensor(getattr(data, "mean", IMAGENET_MEAN), device=device).view(1, -1, 1, 1)
+        std = torch.tensor(getattr(data, "std", IMAGENET_STD), device=device).view(1, -1, 1, 1)
+        return mean, std
+
+    def _normaliser(self):
+        def normalise(x: torch.Tensor) -> torch.Tensor:
+            mean, std = self._statistics(x.device)
+            return (x.float() / 255 - mean) / std
+
+        return normalise
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
