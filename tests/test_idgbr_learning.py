@@ -5,7 +5,8 @@ covered by the fast tests in test_idgbr_model.py, test_idgbr_task.py and test_co
 
 Offline there is no pretrained Stable Diffusion VAE, and a random VAE cannot carry label codes through
 its latent, so the test first fits the tiny VAE as an autoencoder of the twin's label codes and images
-(Stable Diffusion's VAE is such a pretrained autoencoder), then runs IDGBR's own stages unchanged.
+(``LatentAutoencoderTask``; Stable Diffusion's VAE is such a pretrained autoencoder), then runs IDGBR's
+own stages unchanged.
 """
 
 import json
@@ -22,7 +23,7 @@ from rsseg.data.io import read_image, write_png
 from rsseg.data.synthetic.chn6cug import write_synthetic_chn6cug
 from rsseg.metrics import BoundaryWFMeasure, SegmentationMetrics
 from rsseg.models.idgbr import LabelEmbedding
-from rsseg.tasks.idgbr import IDGBRTask
+from rsseg.tasks.idgbr import IDGBRTask, LatentAutoencoderTask
 from tests.idgbr_tiny import TINY_IDGBR, TINY_VAE
 
 pytestmark = pytest.mark.heavy
@@ -58,34 +59,6 @@ def fit_label_embedding(path):
         loss.backward()
         optimizer.step()
     torch.save({"state_dict": {f"net.{k}": v for k, v in embedding.state_dict().items()}}, path)
-    return embedding.eval()
-
-
-def fit_vae(data, embedding, folder, steps=400):
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL(**TINY_VAE)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
-    mean, std = torch.tensor(data.mean).view(1, 3, 1, 1), torch.tensor(data.std).view(1, 3, 1, 1)
-    step = 0
-    while step < steps:
-        for batch in data.train_dataloader():
-            with torch.no_grad():
-                codes = embedding.encode(batch["mask"].clamp(max=1))  # padded (ignore) pixels count as road
-                inputs = torch.cat([codes, (batch["image"] * std + mean) * 2 - 1])
-            posterior = vae.encode(inputs).latent_dist
-            loss = torch.nn.functional.mse_loss(vae.decode(posterior.sample()).sample, inputs)
-            loss = loss + 1e-6 * posterior.kl().mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step == steps:
-                break
-    with torch.no_grad():  # Stable Diffusion's scaling factor gives its latents unit variance: do the same
-        spread = vae.encode(embedding.encode(batch["mask"].clamp(max=1))).latent_dist.mode().std()
-    vae.register_to_config(scaling_factor=float(1 / spread))
-    vae.save_pretrained(folder)
 
 
 def coarse_scores(root, folder):
@@ -103,8 +76,13 @@ def test_refining_degraded_road_maps_raises_boundary_wf_and_keeps_miou(tmp_path)
     root = tmp_path / "chn6cug"
     write_synthetic_chn6cug(root, counts=(16, 4), size=256)
     coarse_folder = write_degraded_maps(root)
-    embedding = fit_label_embedding(tmp_path / "label_embedding.ckpt")
-    fit_vae(_fit_data(root), embedding, tmp_path / "vae")
+    fit_label_embedding(tmp_path / "label_embedding.ckpt")
+    quiet = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                 enable_model_summary=False, default_root_dir=tmp_path)
+    L.Trainer(max_steps=400, **quiet).fit(
+        LatentAutoencoderTask(str(tmp_path / "label_embedding.ckpt"), num_classes=2, vae_config=TINY_VAE,
+                              export=str(tmp_path / "vae")),
+        CHN6CUGDataModule(str(root), batch_size=8, crop_size=64, num_workers=0))
     coarse_miou, coarse_wf = coarse_scores(root, coarse_folder)
 
     task = IDGBRTask(num_classes=2, **{**TINY_IDGBR, "vae": str(tmp_path / "vae")},
@@ -112,17 +90,10 @@ def test_refining_degraded_road_maps_raises_boundary_wf_and_keeps_miou(tmp_path)
                      lr=5e-4, inference_steps=10, inference_window=64, test_per_class_wfm=False, wfm_workers=0)
     data = CoarseMapDataModule(CHN6CUGDataModule(str(root), batch_size=8, crop_size=64, num_workers=2,
                                                  eval_batch_size=1), "degraded")
-    trainer = L.Trainer(max_steps=600, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(max_steps=600, **quiet)
     trainer.fit(task, data)
     refined = trainer.test(task, data, verbose=False)[0]
     # measured once: coarse mIoU 0.870 / boundary WF 0.343 → refined 0.898 / 0.445 (guidance weight 3; weight 1
     # gave 0.699 / 0.172: the paper's classifier-free guidance matters)
     assert refined["test/boundary_WF"] > coarse_wf + 0.03
     assert refined["test/mIoU"] >= coarse_miou - 0.01
-
-
-def _fit_data(root):
-    data = CHN6CUGDataModule(str(root), batch_size=8, crop_size=64, num_workers=0)
-    data.setup("fit")
-    return data

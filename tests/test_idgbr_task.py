@@ -8,8 +8,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rsseg.data.random_labels import RandomLabelMapDataModule
-from rsseg.tasks.idgbr import IDGBRTask, LabelEmbeddingTask, load_label_embedding
-from tests.idgbr_tiny import TINY_DINO, TINY_IDGBR
+from rsseg.tasks.idgbr import IDGBRTask, LabelEmbeddingTask, LatentAutoencoderTask, load_label_embedding
+from tests.idgbr_tiny import TINY_DINO, TINY_IDGBR, TINY_VAE
 
 
 def _trainer(tmp_path, **kwargs):
@@ -171,3 +171,28 @@ def test_a_checkpoint_trained_with_repa_loads_without_it(tmp_path):
     loaded = IDGBRTask.load_from_checkpoint(tmp_path / "refiner.ckpt", repa_weight=0.0)
     assert loaded.repa_projector is None
     assert torch.equal(loaded.net.unet.conv_in.weight, trainer.lightning_module.net.unet.conv_in.weight)
+
+
+def test_latent_autoencoder_fits_and_exports_a_vae_idgbr_loads(tmp_path):
+    torch.manual_seed(0)
+    embedding = LabelEmbeddingTask(num_classes=3)
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(embedding, RandomLabelMapDataModule(3, size=8, train_samples=8))
+    trainer.save_checkpoint(tmp_path / "embedding.ckpt")
+    task = LatentAutoencoderTask(str(tmp_path / "embedding.ckpt"), num_classes=3, vae_config=TINY_VAE,
+                                 export=str(tmp_path / "vae"))
+    losses = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    _trainer(tmp_path, max_steps=40, callbacks=[Record()]).fit(task, _RefinementData())
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    refiner = _task(repa_weight=0.0, vae=str(tmp_path / "vae"))
+    assert refiner.net.vae.config.scaling_factor == pytest.approx(task.vae.config.scaling_factor)
+    assert refiner.net.vae.config.scaling_factor != pytest.approx(0.18215)
+    mask = _Refinement()[0]["mask"].clamp(max=2)[None]
+    with torch.no_grad():
+        latents = refiner.net.vae.encode(task.embedding.encode(mask)).latent_dist.mode()
+    assert latents.std() * refiner.net.vae.config.scaling_factor == pytest.approx(1.0, rel=0.5)

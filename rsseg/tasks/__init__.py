@@ -2,10 +2,10 @@
 
 from rsseg.tasks.d2ls import D2LSTask
 from rsseg.tasks.danet import DANetTask, ReferringLoss
-from rsseg.tasks.idgbr import IDGBRTask, LabelEmbeddingTask
+from rsseg.tasks.idgbr import IDGBRTask, LabelEmbeddingTask, LatentAutoencoderTask
 from rsseg.tasks.segmentation import SegmentationTask, SMPSegmentationTask
 
 __all__ = [
-    "D2LSTask", "DANetTask", "IDGBRTask", "LabelEmbeddingTask", "ReferringLoss", "SegmentationTask",
-    "SMPSegmentationTask",
+    "D2LSTask", "DANetTask", "IDGBRTask", "LabelEmbeddingTask", "LatentAutoencoderTask", "ReferringLoss",
+    "SegmentationTask", "SMPSegmentationTask",
 ]

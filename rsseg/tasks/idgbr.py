@@ -20,7 +20,7 @@ from torch import nn
 from rsseg.models.idgbr import DEFAULT_SD_MODEL, IDGBR, LabelEmbedding, sample_timesteps
 from rsseg.models.repa import DEFAULT_DINO, DinoPatchFeatures, RepaProjector, repa_loss
 from rsseg.models.sliding_window import sliding_window_logits
-from rsseg.tasks.segmentation import SegmentationTask, with_schedule
+from rsseg.tasks.segmentation import SegmentationTask, data_statistics, with_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,57 @@ def load_label_embedding(path: str, num_classes: int) -> LabelEmbedding:
     embedding = LabelEmbedding(classes, channels, state["decoder.0.weight"].shape[0])
     embedding.load_state_dict(state)
     return embedding
+
+
+class LatentAutoencoderTask(LightningModule):
+    """Fits a diffusers ``AutoencoderKL`` to a dataset's images and label codes, for runs without Stable
+    Diffusion's VAE (offline smoke runs and tests). Not a stage of the paper, which uses SD's pretrained VAE;
+    it stands in for that VAE's own pretraining: a random VAE cannot carry label codes through its latent.
+
+    Loss: MSE of the reconstruction of both inputs (images mapped to [−1, 1], codes E_e(y) of the masks,
+    ignored pixels as class 0) + ``kl_weight`` × the posterior's KL. At the end of fit the scaling factor is
+    set to 1 / std of the label latents (what SD's 0.18215 does for its latents) and, with ``export``, the
+    VAE is written as a diffusers folder for ``IDGBRTask(vae=...)``.
+    """
+
+    def __init__(self, label_embedding: str, num_classes: int | None = None, vae_config: dict | None = None,
+                 kl_weight: float = 1e-6, lr: float = 1e-3, export: str | None = None) -> None:
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        from rsseg.models.idgbr import SD15_VAE
+
+        if num_classes is None:
+            raise ValueError("num_classes must be set (the CLI fills it in from the datamodule)")
+        self.save_hyperparameters()
+        self.vae = AutoencoderKL(**(vae_config or SD15_VAE))
+        self.embedding = load_label_embedding(label_embedding, num_classes).requires_grad_(False)
+        self._spreads: list[torch.Tensor] = []
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        mask = batch["mask"].masked_fill(batch["mask"] >= self.hparams.num_classes, 0)
+        codes = self.embedding.encode(mask)
+        mean, std = data_statistics(getattr(self.trainer, "datamodule", None), batch["image"].device)
+        inputs = torch.cat([codes, (batch["image"] * std + mean) * 2 - 1])
+        posterior = self.vae.encode(inputs).latent_dist
+        reconstruction = F.mse_loss(self.vae.decode(posterior.sample()).sample, inputs)
+        loss = reconstruction + self.hparams.kl_weight * posterior.kl().mean()
+        self._spreads = (self._spreads + [posterior.mode()[: len(codes)].detach().std()])[-20:]
+        n = len(codes)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/reconstruction", reconstruction.detach(), batch_size=n)
+        return loss
+
+    def on_fit_end(self) -> None:
+        if self._spreads:
+            self.vae.register_to_config(scaling_factor=float(1 / torch.stack(self._spreads).mean()))
+        if self.hparams.export and self.trainer.is_global_zero:
+            self.vae.save_pretrained(self.hparams.export)
+            logger.info("wrote the fitted VAE (scaling factor %.4f) to %s", self.vae.config.scaling_factor,
+                        self.hparams.export)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.vae.parameters(), lr=self.hparams.lr)
 
 
 class IDGBRTask(SegmentationTask):

@@ -167,11 +167,7 @@ class SegmentationTask(LightningModule):
         return getattr(self._trainer, "datamodule", None)
 
     def _statistics(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The datamodule's per-band mean and std (ImageNet's without one), shaped 1×C×1×1."""
-        data = self._datamodule()
-        mean = torch.tensor(getattr(data, "mean", IMAGENET_MEAN), device=device).view(1, -1, 1, 1)
-        std = torch.tensor(getattr(data, "std", IMAGENET_STD), device=device).view(1, -1, 1, 1)
-        return mean, std
+        return data_statistics(self._datamodule(), device)
 
     def _normaliser(self):
         def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -235,6 +231,13 @@ class SegmentationTask(LightningModule):
         ]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=hp.weight_decay)
         return with_schedule(optimizer, hp.scheduler, hp.warmup_steps, self.trainer)
+
+
+def data_statistics(data, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A datamodule's per-band mean and std (ImageNet's when it has none), shaped 1×C×1×1."""
+    mean = torch.tensor(getattr(data, "mean", IMAGENET_MEAN), device=device).view(1, -1, 1, 1)
+    std = torch.tensor(getattr(data, "std", IMAGENET_STD), device=device).view(1, -1, 1, 1)
+    return mean, std
 
 
 def with_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, trainer) -> dict[str, Any]:
