@@ -19,10 +19,9 @@ Usage: python benchmarks/d2ls_speed.py [--device cpu|cuda] [--batch-sizes 4,8] [
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
-from speed_common import autocast, bench_environment, train_and_infer
+from speed_common import Records, autocast, bench_environment, train_and_infer
 from torch.utils.flop_counter import FlopCounterMode
 
 from rsseg.models import D2LS
@@ -112,19 +111,14 @@ def main() -> None:
     layouts = [False] if args.quick or args.no_channels_last else [False, True]
     folds = [True, False] if args.compare_unfolded else [True]
 
-    env = bench_environment(args.device)
-    records = [{**fidelity(args.backbone), **env}]
-    print(json.dumps(records[-1]), flush=True)
+    records = Records(bench_environment(args.device))
+    records.add(fidelity(args.backbone))
     for batch in batches:
         for precision in precisions:
             for channels_last in layouts:
                 for fold in folds:
-                    records.append({**measure(args, batch, precision, channels_last, fold), **env})
-                    print(json.dumps(records[-1]), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(records, f, indent=1)
-    print(json.dumps(records, indent=1))
+                    records.add(measure(args, batch, precision, channels_last, fold))
+    records.finish(args.out)
 
 
 if __name__ == "__main__":

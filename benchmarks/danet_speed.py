@@ -18,10 +18,9 @@ Usage: python benchmarks/danet_speed.py [--device cpu|cuda] [--batch-sizes 8,16]
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
-from speed_common import autocast, bench_environment, train_and_infer
+from speed_common import Records, autocast, bench_environment, train_and_infer
 
 from rsseg.tasks.danet import DANetTask
 
@@ -106,18 +105,13 @@ def main() -> None:
     batches = [1] if args.quick else [int(b) for b in (args.batch_sizes or ("8,16" if gpu else "2")).split(",")]
     precisions = ["fp32"] if args.quick else args.precisions.split(",")
 
-    env = bench_environment(args.device)
-    records = [{**parameters(args.backbone), **env}]
-    print(json.dumps(records[-1]), flush=True)
+    records = Records(bench_environment(args.device))
+    records.add(parameters(args.backbone))
     for method in args.methods.split(","):
         for batch_size in batches:
             for precision in precisions:
-                records.append({**measure(args, method, batch_size, precision), **env})
-                print(json.dumps(records[-1]), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(records, f, indent=1)
-    print(json.dumps(records, indent=1))
+                records.add(measure(args, method, batch_size, precision))
+    records.finish(args.out)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,10 @@ Usage: python benchmarks/idgbr_speed.py [--device cpu|cuda] [--sizes sd15,small]
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 import torch.nn.functional as F
-from speed_common import autocast, bench_environment, train_and_infer
+from speed_common import Records, autocast, bench_environment, train_and_infer
 
 from rsseg.models.idgbr import IDGBR, SD15_UNET, SD15_VAE, sample_timesteps
 
@@ -125,20 +124,14 @@ def main() -> None:
     batches = [int(b) for b in (args.batch_sizes or ("4" if gpu else "1")).split(",")]
     precisions = (args.precisions or ("fp32,bf16" if gpu else "fp32")).split(",")
 
-    env = bench_environment(args.device)
-    records = []
+    records = Records(bench_environment(args.device))
     for size in sizes:
-        records.append({**parameters(size), **env})
-        print(json.dumps(records[-1]), flush=True)
+        records.add(parameters(size))
         for batch_size in batches:
             for precision in precisions:
                 for attention in args.attention.split(","):
-                    records.append({**measure(args, size, batch_size, precision, attention), **env})
-                    print(json.dumps(records[-1]), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(records, f, indent=1)
-    print(json.dumps(records, indent=1))
+                    records.add(measure(args, size, batch_size, precision, attention))
+    records.finish(args.out)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import statistics
@@ -89,3 +90,22 @@ def bench_environment(device: str) -> dict:
     """Device, load and versions recorded with every record."""
     return {**environment_info(), "bench_device": device, "cpu_count": os.cpu_count(),
             "load_avg_1min": round(os.getloadavg()[0], 2), "timm": version("timm")}
+
+
+class Records(list):
+    """One benchmark run's records: each printed as a JSON line when added (progress on long runs), with the
+    environment appended; at the end all of them are written to ``out`` (if given) and printed."""
+
+    def __init__(self, env: dict) -> None:
+        super().__init__()
+        self.env = env
+
+    def add(self, record: dict) -> None:
+        self.append({**record, **self.env})
+        print(json.dumps(self[-1]), flush=True)
+
+    def finish(self, out: str | None) -> None:
+        if out:
+            with open(out, "w") as f:
+                json.dump(self, f, indent=1)
+        print(json.dumps(self, indent=1))
