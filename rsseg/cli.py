@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from unittest.mock import patch
@@ -85,7 +86,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench", help="train and test every applicable method; write a comparison",
-        epilog="Arguments after -- go to every method's LightningCLI, e.g. -- --trainer.max_steps 10",
+        epilog="Arguments after -- go to every method's LightningCLI, e.g. -- --trainer.max_steps 10. A plan's "
+        "refiner (IDGBR) wraps the methods' datamodules, so it takes its own: --refiner-args for its runs, "
+        "--refiner-stage-args for its label embedding and VAE stages.",
     )
     bench.add_argument("dataset", choices=sorted(DATAMODULES), help="dataset with a plan in experiments/bench/")
     bench.add_argument("--data-root", default=None, help="raw or prepared root (default: synthetic data)")
@@ -93,6 +96,10 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", default=None, help="comma-separated subset of methods")
     bench.add_argument("--out", default="results/bench", help="results folder")
     bench.add_argument("--cache", default=".cache/rsseg", help="folder for synthetic and prepared data")
+    bench.add_argument("--refiner-args", default="", type=shlex.split, metavar="ARGS",
+                       help='LightningCLI arguments of the refiner runs, one quoted string: "--trainer.max_steps 10"')
+    bench.add_argument("--refiner-stage-args", default="", type=shlex.split, metavar="ARGS",
+                       help="LightningCLI arguments of the refiner's label embedding and VAE stages")
     return parser
 
 
@@ -154,7 +161,8 @@ def _run_command(args: argparse.Namespace) -> int:
 
         methods = args.methods.split(",") if args.methods else None
         run_bench(args.dataset, data_root=args.data_root, profile=args.profile, methods=methods,
-                  out=args.out, cache=args.cache, lightning_args=args.lightning_args)
+                  out=args.out, cache=args.cache, lightning_args=args.lightning_args,
+                  refiner_args=args.refiner_args, refiner_stage_args=args.refiner_stage_args)
     return 0
 
 

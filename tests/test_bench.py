@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ import tifffile
 from rsseg.bench import sources
 from rsseg.bench.plan import PlanError, load_plan
 from rsseg.bench.report import REFERRING_HEADLINE, metric_columns, plotted_metrics, write_report
-from rsseg.bench.runner import SYNTHETIC_BANNER, run_bench, wandb_mode
+from rsseg.bench.runner import SYNTHETIC_BANNER, run_bench
+from rsseg.bench.runs import wandb_mode
 from rsseg.cli import main
 from rsseg.data.synthetic import write_synthetic_potsdam, write_synthetic_refsegrs
 from tests.conftest import TINY_TILES
@@ -24,12 +26,17 @@ TINY_RUN = [
     "--model.init_args.arch_kwargs", '{"encoder_depth": 3, "decoder_channels": [32, 16, 8]}',
 ]
 
+# The refiner wraps the datamodule, so its arguments address the inner one.
+TINY_REFINER = ("--trainer.max_steps 2 --data.init_args.data.init_args.num_workers 0 "
+                "--model.init_args.inference_steps 2 --trainer.accelerator cpu")
+
 
 def test_bench_on_synthetic_default(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no data/potsdam here, so the bench must fall back to synthetic data
     monkeypatch.delenv("DATA_ROOT", raising=False)
     monkeypatch.setitem(sources.SYNTHESIZERS, "potsdam", functools.partial(write_synthetic_potsdam, tiles=TINY_TILES))
-    code = main(["bench", "potsdam", "--methods", "unet", "--out", "out", "--cache", "cache", "--", *TINY_RUN])
+    code = main(["bench", "potsdam", "--methods", "unet", "--out", "out", "--cache", "cache",
+                 "--refiner-args", TINY_REFINER, "--refiner-stage-args", "--trainer.max_steps 4", "--", *TINY_RUN])
     assert code == 0
     printed = capsys.readouterr().out
     assert "SYNTHETIC DATA" in printed
@@ -37,16 +44,27 @@ def test_bench_on_synthetic_default(tmp_path, monkeypatch, capsys):
     payload = json.loads((run / "results.json").read_text())
     assert payload["meta"]["synthetic"] is True
     methods = [row["method"] for row in payload["rows"]]
-    assert methods == ["majority class", "unet"]
-    unet = payload["rows"][1]
-    for key in ("mIoU", "mF1", "OA", "Kappa", "IoU/building", "F1/car", "params", "train_time_s",
-                "inference_img_per_s"):
-        assert key in unet, key
-    assert unet["params"] > 0 and unet["inference_img_per_s"] > 0
+    assert methods == ["majority class", "unet", "idgbr(unet)"]
+    unet, refined = payload["rows"][1:]
+    for row in (unet, refined):
+        for key in ("mIoU", "mF1", "OA", "Kappa", "mWFm", "boundary_WF", "IoU/building", "F1/car", "params",
+                    "train_time_s", "inference_img_per_s"):
+            assert key in row, key
+        assert row["params"] > 0 and row["inference_img_per_s"] > 0
+    assert refined["refines"] == "unet"
+    # the refiner trained and was scored on unet's maps of every patch (unetformer protocol: with val)
+    coarse = json.loads((run / "coarse" / "unet" / "coarse.json").read_text())
+    prepared = tmp_path / "cache/prepared/potsdam/synthetic-patch_size512"
+    for split in ("train", "val", "test"):
+        assert coarse["splits"][split]["checkpoint"] == str(Path(unet["checkpoint"]).resolve())
+        written = sorted(p.stem for p in (run / "coarse" / "unet" / split).iterdir())
+        assert written == sorted(p.stem for p in (prepared / split / "images").iterdir())
+    assert refined["test_images"] == unet["test_images"] == len(written)
     rows = list(csv.DictReader(open(run / "results.csv")))
     assert [r["method"] for r in rows] == methods
     table = (run / "results.md").read_text()
-    assert "Synthetic data" in table and "| unet |" in table
+    assert "Synthetic data" in table and "| unet |" in table and "| idgbr(unet) |" in table
+    assert "| mWFm | boundary_WF |" in table
     assert (run / "comparison.png").stat().st_size > 0
     # The synthetic raw data and its preparation are cached and reused by the next run.
     assert (tmp_path / "cache" / "synthetic" / "potsdam" / "2_Ortho_RGB").is_dir()
@@ -205,3 +223,41 @@ def test_report_columns_follow_the_task(tmp_path):
         assert next(csv.reader(open(run / "results.csv")))[: len(columns)] == columns
     assert "| danet | 55.00 | 50.00 | 10.00 |" in (tmp_path / "referring" / "results.md").read_text()
     assert "native/oIoU" in next(csv.reader(open(tmp_path / "referring" / "results.csv")))
+
+
+@pytest.mark.parametrize("dataset", ["potsdam", "vaihingen", "chn6cug"])
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_every_bench_run_parses(dataset, profile, tmp_path, capsys):
+    """Each method, refiner, label-embedding and VAE run of a plan parses as LightningCLI gets it."""
+    from rsseg.bench.refine import RefinerStages
+
+    plan = load_plan(dataset, profile)
+    root = str(tmp_path / "data")
+    runs = [[*plan.config_args(m), "--data.init_args.root", root] for m in plan.configs]
+    stages = RefinerStages(plan, tmp_path / "data", tmp_path / "run", "group")
+    runs += [[*plan.refiner_args(), "--data.init_args.data.init_args.root", root, "--data.init_args.coarse",
+              str(tmp_path / "run/coarse/unet")], plan.label_embedding_args()]
+    if plan.refiner_vae is not None:
+        runs.append(stages.vae_args("le.ckpt", "official", tmp_path / "vae"))
+    for args in runs:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", *args, "--print_config"])
+        assert exit_info.value.code == 0, args
+    assert "IDGBRTask" in capsys.readouterr().out
+
+
+def test_majority_row_counts_training_masks_without_a_manifest(tmp_path):
+    """CHN6-CUG is read as released: the majority class comes from its training masks."""
+    from rsseg.bench.report import majority_class_row
+    from rsseg.data.chn6cug import ROAD_THRESHOLD, binarise_mask, find_pairs
+    from rsseg.data.io import read_image
+    from rsseg.data.synthetic.chn6cug import write_synthetic_chn6cug
+
+    write_synthetic_chn6cug(tmp_path, counts=(4, 2), size=64)
+    train = [binarise_mask(read_image(m), ROAD_THRESHOLD) for _, m in find_pairs(tmp_path, "train").values()]
+    road_share = np.mean([t.mean() for t in train])
+    test = np.stack([binarise_mask(read_image(m), ROAD_THRESHOLD) for _, m in find_pairs(tmp_path, "val").values()])
+    row = majority_class_row("chn6cug", tmp_path)
+    majority = int(road_share > 0.5)  # tiny tiles: mostly road
+    assert row["predicted_class"] == majority
+    assert row["OA"] == pytest.approx(float((test == majority).mean()))

@@ -4,6 +4,14 @@ Plans live in ``experiments/bench/<dataset>.yaml``; each method's full config is
 ``experiments/<method>/<dataset>.yaml``. A profile may add a dataset override config (``config``, e.g. the
 smoke run's steps and crops) and a per-method one (``method_config: smoke.yaml`` reads
 ``experiments/<method>/smoke.yaml``, e.g. a small offline backbone), applied in that order after the method's.
+``config_name`` names the methods' config files when it differs from the dataset key (``chn6_cug``).
+
+``refiner: idgbr`` adds a refined row after each method: IDGBR trained and tested on that method's coarse
+maps (``experiments/idgbr/<config_name>.yaml`` + the profile's ``idgbr/<method_config>``; the dataset
+override is not applied, since the refiner wraps the datamodule). Its label embedding network comes first
+(``idgbr/label_embedding_<config_name>.yaml`` + ``idgbr/label_embedding_<method_config>``), and a profile's
+``refiner_vae`` (a config of ``LatentAutoencoderTask``) fits the VAE first where no Stable Diffusion
+weights are at hand (the offline smoke profile).
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+REFINERS = ("idgbr",)
 
 
 class PlanError(ValueError):
@@ -32,11 +42,47 @@ class BenchPlan:
     prepare: dict = field(default_factory=dict)
     overrides: Path | None = None
     method_overrides: dict[str, Path] = field(default_factory=dict)  # method → its profile override
+    refiner: str | None = None
+    refiner_configs: tuple[Path, ...] = ()  # the refiner's config, then its profile override
+    label_embedding_configs: tuple[Path, ...] = ()
+    refiner_vae: Path | None = None
 
     def config_args(self, method: str) -> list[str]:
         """``--config`` arguments of one method: its config, then the profile's method and dataset overrides."""
         files = [self.configs[method], self.method_overrides.get(method), self.overrides]
-        return [arg for f in files if f is not None for arg in ("--config", str(f))]
+        return _config_args(files)
+
+    def refiner_args(self) -> list[str]:
+        return _config_args(self.refiner_configs)
+
+    def label_embedding_args(self) -> list[str]:
+        return _config_args(self.label_embedding_configs)
+
+
+def _config_args(files) -> list[str]:
+    return [arg for f in files if f is not None for arg in ("--config", str(f))]
+
+
+def merged_config(files) -> dict:
+    """What LightningCLI makes of several ``--config`` files: later files win, mappings merge key by key."""
+    merged: dict = {}
+    for path in files:
+        _merge(merged, yaml.safe_load(Path(path).read_text()) or {})
+    return merged
+
+
+def _merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _existing(path: Path, plan: Path, what: str) -> Path:
+    if not path.is_file():
+        raise PlanError(f"{plan}: {what} needs {path}, which is missing")
+    return path
 
 
 def load_plan(dataset: str, profile: str, methods: list[str] | None = None,
@@ -53,7 +99,8 @@ def load_plan(dataset: str, profile: str, methods: list[str] | None = None,
     unknown = sorted(set(methods or ()) - set(known))
     if unknown:
         raise PlanError(f"{path}: methods {unknown} are not in this plan; choose from {known}")
-    configs = {m: experiments / m / f"{dataset}.yaml" for m in (methods or known)}
+    name = plan.get("config_name", dataset)
+    configs = {m: experiments / m / f"{name}.yaml" for m in (methods or known)}
     for method, config in configs.items():
         if not config.is_file():
             raise PlanError(f"{path}: method {method!r} has no config {config}")
@@ -65,6 +112,23 @@ def load_plan(dataset: str, profile: str, methods: list[str] | None = None,
         for method, config in method_overrides.items():
             if not config.is_file():
                 raise PlanError(f"{path}: profile {profile!r} needs {config} for method {method!r}")
+    refiner = plan.get("refiner")
+    refiner_fields = {}
+    if refiner is not None:
+        if refiner not in REFINERS:
+            raise PlanError(f"{path}: unknown refiner {refiner!r}; choose one of {list(REFINERS)}")
+        folder, extra = experiments / refiner, chosen.get("method_config")
+        refiner_fields = {
+            "refiner": refiner,
+            "refiner_configs": tuple(_existing(folder / f, path, f"refiner {refiner!r}")
+                                     for f in (f"{name}.yaml", extra) if f),
+            "label_embedding_configs": tuple(_existing(folder / f"label_embedding_{f}", path, "the label embedding")
+                                             for f in (f"{name}.yaml", extra) if f),
+            "refiner_vae": (_existing(experiments / chosen["refiner_vae"], path, f"profile {profile!r}")
+                            if chosen.get("refiner_vae") else None),
+        }
+    elif chosen.get("refiner_vae"):
+        raise PlanError(f"{path}: profile {profile!r} sets refiner_vae but the plan has no refiner")
     return BenchPlan(
         dataset=dataset,
         profile=profile,
@@ -72,4 +136,5 @@ def load_plan(dataset: str, profile: str, methods: list[str] | None = None,
         prepare=dict(chosen.get("prepare", {})),
         overrides=experiments / overrides if overrides else None,
         method_overrides=method_overrides,
+        **refiner_fields,
     )

@@ -25,6 +25,7 @@ class TaskColumns:
     plotted: tuple[str, ...]  # bars per method, before any per-class IoU
     note: str  # under the title: what the numbers mean
     y_label: str
+    optional: tuple[str, ...] = ()  # table and plot metrics shown when some row has them
 
 
 REFERRING_HEADLINE = ("oIoU", "mIoU", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9")
@@ -33,8 +34,10 @@ TASK_COLUMNS = {
         headline=("mIoU", "mF1", "OA", "Kappa"),
         plotted=("mIoU",),
         note="Metrics in %; per-class columns are IoU. mIoU/mF1 leave out the dataset's excluded classes; "
-        "OA counts all classes.",
-        y_label="IoU (%)",
+        "OA counts all classes. mWFm: mean per-class weighted F-measure; boundary_WF: IDGBR's class-agnostic "
+        "boundary WF-measure (3 px band). A refiner's row idgbr(<method>) follows the method it refines.",
+        y_label="score (%)",
+        optional=("mWFm", "boundary_WF"),
     ),
     "referring": TaskColumns(
         headline=REFERRING_HEADLINE,
@@ -72,13 +75,19 @@ def task_columns(task: str) -> TaskColumns:
 
 
 def metric_columns(task: str, rows: list[dict]) -> list[str]:
-    """The table's metric columns: the task's headline, then any per-class IoU the rows have."""
-    return [*task_columns(task).headline, *_per_class(rows, "IoU")]
+    """The table's metric columns: the task's headline and the optional metrics the rows have, then any
+    per-class IoU."""
+    return [*task_columns(task).headline, *_present(task, rows), *_per_class(rows, "IoU")]
 
 
 def plotted_metrics(task: str, rows: list[dict]) -> list[str]:
-    """The plot's bars per method: the task's plotted headline, then any per-class IoU."""
-    return [*task_columns(task).plotted, *_per_class(rows, "IoU")]
+    """The plot's bars per method: the task's plotted headline and present optional metrics, then any
+    per-class IoU."""
+    return [*task_columns(task).plotted, *_present(task, rows), *_per_class(rows, "IoU")]
+
+
+def _present(task: str, rows: list[dict]) -> list[str]:
+    return [k for k in task_columns(task).optional if any(k in row for row in rows)]
 
 
 def _label(key: str) -> str:
@@ -153,13 +162,13 @@ def plot_comparison(path: Path, rows: list[dict], keys: list[str], y_label: str,
 
 def majority_class_row(dataset: str, root: Path) -> dict:
     """The reference row: predict the training split's most frequent class everywhere on test."""
-    from rsseg.data.prepare import read_manifest
     from rsseg.data.registry import DATAMODULES
     from rsseg.metrics import SegmentationMetrics
 
-    counts = read_manifest(root)["splits"]["train"]["pixels_per_class"]
+    data = DATAMODULES[dataset](str(root), batch_size=8, num_workers=0, pin_memory=False, crop_size=None,
+                                augment=False)
+    counts = train_pixel_counts(Path(root), data)
     majority = max(range(len(counts)), key=counts.__getitem__)
-    data = DATAMODULES[dataset](str(root), batch_size=8, num_workers=0, pin_memory=False)
     data.setup("test")
     spec = data.spec
     metrics = SegmentationMetrics(spec.num_classes, ignore_index=spec.ignore_index,
@@ -168,6 +177,21 @@ def majority_class_row(dataset: str, root: Path) -> dict:
         metrics.update(torch.full_like(batch["mask"], majority), batch["mask"])
     values = {k: float(v) for k, v in metrics.compute().items()}
     return {"method": "majority class", **values, "predicted_class": majority, "params": 0}
+
+
+def train_pixel_counts(root: Path, data) -> list[int]:
+    """Pixels per class of the training split: a prepared root's manifest, else counted from the masks
+    of ``data`` (a datamodule read as released, built without crops or augmentation)."""
+    from rsseg.data.prepare import read_manifest
+
+    if (root / "manifest.json").is_file():
+        return read_manifest(root)["splits"]["train"]["pixels_per_class"]
+    data.setup("fit")
+    counts = torch.zeros(data.num_classes, dtype=torch.long)
+    for sample in data.train_dataset:
+        mask = sample["mask"]
+        counts += torch.bincount(mask[mask < data.num_classes], minlength=data.num_classes)
+    return counts.tolist()
 
 
 def constant_mask_rows(dataset: str, root: Path, data_args: dict) -> list[dict]:

@@ -2,89 +2,25 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import time
 from datetime import datetime
 from pathlib import Path
 
-import yaml
-
-from rsseg.bench.plan import BenchPlan, load_plan
+from rsseg.bench.plan import BenchPlan, load_plan, merged_config
+from rsseg.bench.refine import RefinerStages, write_coarse_maps
 from rsseg.bench.report import constant_mask_rows, environment_info, majority_class_row, write_report
+from rsseg.bench.runs import fit_and_test
 from rsseg.bench.sources import resolve_prepared_root
-from rsseg.callbacks import InferenceTimer
-from rsseg.models.baselines import count_parameters
-
-log = logging.getLogger(__name__)
-
-
-def wandb_mode() -> str:
-    """Online only when the user configured W&B (``WANDB_MODE`` or an API key); offline otherwise."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path.home() / ".netrc"
-    return "online" if netrc.is_file() and "api.wandb.ai" in netrc.read_text() else "offline"
-
-
-def _wandb_logger(save_dir: Path, group: str, name: str) -> str:
-    return json.dumps({
-        "class_path": "lightning.pytorch.loggers.WandbLogger",
-        "init_args": {
-            "project": "rsseg", "group": group, "name": name, "save_dir": str(save_dir),
-            "mode": wandb_mode(), "job_type": "bench",
-        },
-    })
 
 
 def run_method(method: str, config: Path, plan: BenchPlan, root: Path, run_dir: Path, group: str,
-               lightning_args: list[str] = ()) -> dict:
-    """Fit then test one method through the same LightningCLI that ``rsseg fit`` uses."""
-    from rsseg.cli import _lightning_cli
-
-    method_dir = run_dir / method
-    method_dir.mkdir(parents=True, exist_ok=True)
-    args = [
-        *plan.config_args(method),
-        "--data.init_args.root", str(root),
-        "--trainer.default_root_dir", str(method_dir),
-        "--trainer.logger", _wandb_logger(method_dir, group, method),
-        *lightning_args,
-    ]
-    cli = _lightning_cli(args, run=False)
-    trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    timer = InferenceTimer()
-    trainer.callbacks.append(timer)
-
-    log.info("training %s (%s)", method, config)
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=data)
-    train_seconds = time.perf_counter() - start
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    [metrics] = trainer.test(model, datamodule=data, ckpt_path=best or None)
-    for logger in trainer.loggers:
-        logger.finalize("success")
-    _finish_wandb()
-    return {
-        "method": method,
-        "config": str(config),
-        **{k.removeprefix("test/"): float(v) for k, v in metrics.items()},
-        "params": count_parameters(model),
-        "train_time_s": round(train_seconds, 2),
-        "inference_img_per_s": round(timer.images_per_second, 3),
-        "test_images": timer.images,
-        "checkpoint": best,
-    }
-
-
-def _finish_wandb() -> None:
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
+               lightning_args: list[str] = (), coarse_maps: Path | None = None) -> dict:
+    """Fit then test one method through the same LightningCLI that ``rsseg fit`` uses; with
+    ``coarse_maps``, then write its train and test predictions there as coarse maps for the refiner."""
+    args = [*plan.config_args(method), "--data.init_args.root", str(root), *lightning_args]
+    row, cli, best = fit_and_test(method, args, run_dir, group)
+    if coarse_maps is not None:
+        write_coarse_maps(cli, best, method, coarse_maps)
+    return {"method": method, "config": str(config), **row}
 
 
 # Datasets scored per (image, expression) with the referring metrics; every other dataset is semantic.
@@ -101,11 +37,7 @@ def configured_data_args(plan: BenchPlan, method: str) -> dict:
 
     Arguments after ``--`` on the command line are not seen here.
     """
-    merged: dict = {}
-    for path in plan.config_args(method)[1::2]:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-        merged.update((config.get("data") or {}).get("init_args") or {})
-    return merged
+    return (merged_config(plan.config_args(method)[1::2]).get("data") or {}).get("init_args") or {}
 
 
 def reference_rows(plan: BenchPlan, root: Path) -> list[dict]:
@@ -124,8 +56,14 @@ def reference_rows(plan: BenchPlan, root: Path) -> list[dict]:
 
 def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke",
               methods: list[str] | None = None, out: str = "results/bench",
-              cache: str = ".cache/rsseg", lightning_args: list[str] = ()) -> Path:
-    """Run the whole comparison; returns the run folder with results.{md,csv,json} and a plot."""
+              cache: str = ".cache/rsseg", lightning_args: list[str] = (), refiner_args: list[str] = (),
+              refiner_stage_args: list[str] = ()) -> Path:
+    """Run the whole comparison; returns the run folder with results.{md,csv,json} and a plot.
+
+    ``lightning_args`` go to every method's run, ``refiner_args`` to the plan's refiner runs (its
+    datamodule wraps the method's, so the methods' ``--data``/``--model`` arguments do not fit it) and
+    ``refiner_stage_args`` to the refiner's preliminary stages (label embedding, VAE).
+    """
     plan = load_plan(dataset, profile, methods)
     source = resolve_prepared_root(dataset, data_root, Path(cache), plan.prepare)
     if source.synthetic:
@@ -135,8 +73,13 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
     group = f"bench-{dataset}-{run_dir.name}"
 
     rows = reference_rows(plan, source.prepared)
+    refiner = (RefinerStages(plan, source.prepared, run_dir, group, list(refiner_args), list(refiner_stage_args))
+               if plan.refiner else None)
     for method, config in plan.configs.items():
-        rows.append(run_method(method, config, plan, source.prepared, run_dir, group, list(lightning_args)))
+        rows.append(run_method(method, config, plan, source.prepared, run_dir, group, list(lightning_args),
+                               coarse_maps=refiner and refiner.coarse_root))
+        if refiner:
+            rows.append(refiner.run(method))
 
     meta = {
         "dataset": dataset,

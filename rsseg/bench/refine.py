@@ -1,0 +1,102 @@
+"""The refiner's rows of ``rsseg bench``: each method's coarse maps, refined by IDGBR.
+
+Per bench run, once: the label embedding network (stage 0), and where the profile asks for it
+(``refiner_vae``, offline runs without Stable Diffusion's weights) a VAE fitted to the dataset. Per method:
+its train and test predictions written as coarse maps under ``<run>/coarse/<method>`` (the user's data
+folder is left untouched), then IDGBR fitted and tested on them, reported as ``idgbr(<method>)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from rsseg.bench.plan import BenchPlan, merged_config
+from rsseg.bench.runs import fit_and_test, fit_stage
+from rsseg.data.coarse import read_record
+
+log = logging.getLogger(__name__)
+
+
+def write_coarse_maps(cli, checkpoint: str, name: str, output_root: Path) -> Path:
+    """Predict the train, val (where the protocol has one) and test splits of a fitted and tested run's
+    datamodule with ``checkpoint`` (its current weights when empty) into ``<output_root>/coarse/<name>``,
+    the folder it returns. The refiner's datamodule wraps every split it sets up, val included."""
+    from rsseg.data import CoarseMapWriter
+
+    trainer, data = cli.trainer, cli.datamodule
+    writer = CoarseMapWriter(name, output_root=str(output_root))
+    trainer.callbacks.append(writer)
+    original = data.predict_split
+    try:
+        for split in ("train", "val", "test") if data.val_dataset is not None else ("train", "test"):
+            data.predict_split = split
+            log.info("writing %s coarse maps of the %s split", name, split)
+            trainer.predict(cli.model, datamodule=data, ckpt_path=checkpoint or None, return_predictions=False)
+    finally:
+        data.predict_split = original
+        trainer.callbacks.remove(writer)
+    return writer.folder
+
+
+class RefinerStages:
+    """IDGBR across one bench run: its shared stages fitted on first use, then one refined row per method."""
+
+    def __init__(self, plan: BenchPlan, root: Path, run_dir: Path, group: str, refiner_args: list[str] = (),
+                 stage_args: list[str] = ()) -> None:
+        self.plan, self.root, self.run_dir, self.group = plan, Path(root), Path(run_dir), group
+        self.refiner_args, self.stage_args = list(refiner_args), list(stage_args)
+        self.coarse_root = self.run_dir
+        self._shared_args: list[str] | None = None
+
+    def run(self, method: str) -> dict:
+        """Fit and test the refiner on ``method``'s coarse maps (written by ``write_coarse_maps``)."""
+        name = f"{self.plan.refiner}({method})"
+        folder = self.coarse_root / "coarse" / method
+        record = read_record(folder)
+        if record is None:
+            raise FileNotFoundError(f"{folder}: no coarse maps of {method} to refine")
+        # the pair is scored on the same split: the method's protocol, whatever the refiner's config says
+        protocol = record["protocol"]
+        args = [*self.plan.refiner_args(), "--data.init_args.data.init_args.root", str(self.root),
+                "--data.init_args.data.init_args.protocol", protocol, "--data.init_args.coarse", str(folder),
+                *self.shared_args(protocol), *self.refiner_args]
+        row, _, _ = fit_and_test(name, args, self.run_dir, self.group)
+        return {"method": name, "refines": method, "config": str(self.plan.refiner_configs[0]), **row}
+
+    def shared_args(self, protocol: str) -> list[str]:
+        """``--model.init_args`` for the label embedding (and VAE) checkpoints, fitted on the first call
+        (the VAE on the ``protocol``'s train split)."""
+        if self._shared_args is None:
+            embedding = self._fit_label_embedding()
+            self._shared_args = ["--model.init_args.label_embedding", embedding]
+            if self.plan.refiner_vae is not None:
+                self._shared_args += ["--model.init_args.vae", self._fit_vae(embedding, protocol)]
+        return self._shared_args
+
+    def _fit_label_embedding(self) -> str:
+        checkpoint = fit_stage(f"{self.plan.refiner}-label-embedding",
+                                  [*self.plan.label_embedding_args(), *self.stage_args], self.run_dir, self.group)
+        if not checkpoint:
+            raise RuntimeError(f"the label embedding stage ({self.plan.label_embedding_configs[0]}) saved no "
+                               "checkpoint; give its config a ModelCheckpoint callback")
+        return checkpoint
+
+    def _fit_vae(self, embedding: str, protocol: str) -> str:
+        export = self.run_dir / f"{self.plan.refiner}-vae" / "vae"
+        fit_stage(f"{self.plan.refiner}-vae", [*self.vae_args(embedding, protocol, export), *self.stage_args],
+                  self.run_dir, self.group)
+        return str(export)
+
+    def vae_args(self, embedding: str, protocol: str, export: Path) -> list[str]:
+        """The VAE stage of offline runs: ``LatentAutoencoderTask`` (the profile's ``refiner_vae``) on the
+        refiner's own inner datamodule, with the refiner's ``vae_config``, exported as a diffusers folder."""
+        config = merged_config(self.plan.refiner_configs)
+        args = ["--config", str(self.plan.refiner_vae), "--data", json.dumps(config["data"]["init_args"]["data"]),
+                "--data.init_args.root", str(self.root), "--data.init_args.protocol", protocol,
+                "--model.init_args.label_embedding", embedding, "--model.init_args.export", str(export)]
+        vae_config = config["model"]["init_args"].get("vae_config")
+        if vae_config is not None:
+            args += ["--model.init_args.vae_config", json.dumps(vae_config)]
+        return args
