@@ -23,17 +23,18 @@ def resolve(name_or_path: str) -> str:
         return str(name_or_path)  # the hub id: works online or from the Hugging Face cache
 
 
-def load_transformers_model(name_or_path: str, pretrained: bool, config: dict | None, what: str):
+def load_transformers_model(name_or_path: str, pretrained: bool, config: dict | None, what: str, **kwargs):
     """A transformers ``AutoModel``: with its weights (hub id or local folder) when ``pretrained``, else the
     architecture randomly initialised from ``config`` (a dict with ``model_type``, e.g. a tiny model for
-    tests) or from the model's own config file. ``what`` names the model in the error."""
+    tests) or from the model's own config file. ``what`` names the model in the error; ``kwargs`` go to
+    ``from_pretrained``/``from_config`` (e.g. ``attn_implementation="eager"`` to return attention maps)."""
     from transformers import AutoConfig, AutoModel
 
     try:
         if pretrained:
-            return AutoModel.from_pretrained(resolve(name_or_path))
+            return AutoModel.from_pretrained(resolve(name_or_path), **kwargs)
         cfg = AutoConfig.for_model(**config) if config else AutoConfig.from_pretrained(resolve(name_or_path))
-        return AutoModel.from_config(cfg)
+        return AutoModel.from_config(cfg, **kwargs)
     except OSError as error:
         raise OSError(
             f"cannot load {what} {name_or_path!r} ({error}); without internet it must already be in the Hugging "

@@ -225,7 +225,7 @@ def test_report_columns_follow_the_task(tmp_path):
     assert "native/oIoU" in next(csv.reader(open(tmp_path / "referring" / "results.csv")))
 
 
-@pytest.mark.parametrize("dataset", ["potsdam", "vaihingen", "chn6cug"])
+@pytest.mark.parametrize("dataset", ["potsdam", "vaihingen", "chn6cug", "loveda"])
 @pytest.mark.parametrize("profile", ["smoke", "full"])
 def test_every_bench_run_parses(dataset, profile, tmp_path, capsys):
     """Each method, refiner, label-embedding and VAE run of a plan parses as LightningCLI gets it."""
@@ -234,16 +234,17 @@ def test_every_bench_run_parses(dataset, profile, tmp_path, capsys):
     plan = load_plan(dataset, profile)
     root = str(tmp_path / "data")
     runs = [[*plan.config_args(m), "--data.init_args.root", root] for m in plan.configs]
-    stages = RefinerStages(plan, tmp_path / "data", tmp_path / "run", "group")
-    runs += [[*plan.refiner_args(), "--data.init_args.data.init_args.root", root, "--data.init_args.coarse",
-              str(tmp_path / "run/coarse/unet")], plan.label_embedding_args()]
-    if plan.refiner_vae is not None:
-        runs.append(stages.vae_args("le.ckpt", "official", tmp_path / "vae"))
+    if plan.refiner:
+        stages = RefinerStages(plan, tmp_path / "data", tmp_path / "run", "group")
+        runs += [[*plan.refiner_args(), "--data.init_args.data.init_args.root", root, "--data.init_args.coarse",
+                  str(tmp_path / "run/coarse/unet")], plan.label_embedding_args()]
+        if plan.refiner_vae is not None:
+            runs.append(stages.vae_args("le.ckpt", "official", tmp_path / "vae"))
     for args in runs:
         with pytest.raises(SystemExit) as exit_info:
             main(["fit", *args, "--print_config"])
         assert exit_info.value.code == 0, args
-    assert "IDGBRTask" in capsys.readouterr().out
+    assert ("IDGBRTask" if plan.refiner else "SDCITask") in capsys.readouterr().out
 
 
 def test_majority_row_counts_training_masks_without_a_manifest(tmp_path):
@@ -261,3 +262,27 @@ def test_majority_row_counts_training_masks_without_a_manifest(tmp_path):
     majority = int(road_share > 0.5)  # tiny tiles: mostly road
     assert row["predicted_class"] == majority
     assert row["OA"] == pytest.approx(float((test == majority).mean()))
+
+
+def test_bench_scores_val_where_test_labels_are_private(tmp_path, monkeypatch):
+    """LoveDA: the reference row and SDCI (training-free: evaluated only, its random weights flagged) on Val."""
+    from rsseg.data.synthetic import write_synthetic_loveda
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DATA_ROOT", raising=False)
+    monkeypatch.setitem(sources.SYNTHESIZERS, "loveda",
+                        functools.partial(write_synthetic_loveda, per_split=(2, 2, 2), size=128))
+    code = main(["bench", "loveda", "--methods", "sdci", "--out", "out", "--cache", "cache", "--",
+                 "--data.init_args.num_workers", "0", "--trainer.accelerator", "cpu",
+                 "--model.init_args.inference_window", "64"])
+    assert code == 0
+    [run] = list((tmp_path / "out" / "loveda").iterdir())
+    payload = json.loads((run / "results.json").read_text())
+    assert payload["meta"]["evaluated_split"] == "val"
+    majority, sdci = payload["rows"]
+    assert sdci["method"] == "sdci" and sdci["train_time_s"] is None and "random CLIP/DINO weights" in sdci["note"]
+    assert sdci["test_images"] == 2 and 0 <= sdci["mIoU"] <= 1  # the Val images: one Urban, one Rural
+    assert "IoU/background" in majority
+    table = (run / "results.md").read_text()
+    assert "| sdci † |" in table and "† SDCI with random CLIP/DINO weights" in table
+    assert "Scored on the val split" in table

@@ -6,7 +6,10 @@ smoke run's steps and crops) and a per-method one (``method_config: smoke.yaml``
 ``experiments/<method>/smoke.yaml``, e.g. a small offline backbone), applied in that order after the method's.
 ``config_name`` names the methods' config files when it differs from the dataset key (``chn6_cug``).
 
-``refiner: idgbr`` adds a refined row after each method: IDGBR trained and tested on that method's coarse
+``evaluate: validate`` scores the val split where test labels are private (LoveDA); default ``test``.
+
+``refiner: idgbr`` adds a refined row after each method (or each of ``refine: [...]``): IDGBR trained and
+tested on that method's coarse
 maps (``experiments/idgbr/<config_name>.yaml`` + the profile's ``idgbr/<method_config>``; the dataset
 override is not applied, since the refiner wraps the datamodule). Its label embedding network comes first
 (``idgbr/label_embedding_<config_name>.yaml`` + ``idgbr/label_embedding_<method_config>``), and a profile's
@@ -42,7 +45,9 @@ class BenchPlan:
     prepare: dict = field(default_factory=dict)
     overrides: Path | None = None
     method_overrides: dict[str, Path] = field(default_factory=dict)  # method → its profile override
+    evaluate: str = "test"
     refiner: str | None = None
+    refined: tuple[str, ...] = ()  # the methods whose maps the refiner refines
     refiner_configs: tuple[Path, ...] = ()  # the refiner's config, then its profile override
     label_embedding_configs: tuple[Path, ...] = ()
     refiner_vae: Path | None = None
@@ -118,8 +123,13 @@ def load_plan(dataset: str, profile: str, methods: list[str] | None = None,
         if refiner not in REFINERS:
             raise PlanError(f"{path}: unknown refiner {refiner!r}; choose one of {list(REFINERS)}")
         folder, extra = experiments / refiner, chosen.get("method_config")
+        refined = tuple(plan.get("refine") or known)
+        if set(refined) - set(known):
+            raise PlanError(f"{path}: refine lists methods {sorted(set(refined) - set(known))} that are not in "
+                            f"the plan's methods {known}")
         refiner_fields = {
             "refiner": refiner,
+            "refined": tuple(m for m in refined if m in configs),
             "refiner_configs": tuple(_existing(folder / f, path, f"refiner {refiner!r}")
                                      for f in (f"{name}.yaml", extra) if f),
             "label_embedding_configs": tuple(_existing(folder / f"label_embedding_{f}", path, "the label embedding")
@@ -129,8 +139,14 @@ def load_plan(dataset: str, profile: str, methods: list[str] | None = None,
         }
     elif chosen.get("refiner_vae"):
         raise PlanError(f"{path}: profile {profile!r} sets refiner_vae but the plan has no refiner")
+    evaluate = plan.get("evaluate", "test")
+    if evaluate not in ("test", "validate"):
+        raise PlanError(f"{path}: evaluate must be 'test' or 'validate', got {evaluate!r}")
+    if evaluate != "test" and refiner is not None:
+        raise PlanError(f"{path}: the refiner needs test labels (evaluate: test)")
     return BenchPlan(
         dataset=dataset,
+        evaluate=evaluate,
         profile=profile,
         configs=configs,
         prepare=dict(chosen.get("prepare", {})),

@@ -119,14 +119,21 @@ def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
     if meta.get("synthetic"):
         lines += ["> **Synthetic data.** These numbers come from rsseg's synthetic twin of the dataset, "
                   "not from the real data.", ""]
-    lines += [f"Device: {meta['device']}. {task_columns(task).note}", "",
+    split = meta.get("evaluated_split", "test")
+    lines += [f"Device: {meta['device']}. Scored on the {split} split. {task_columns(task).note}", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = []
     for row in rows:
         params = row.get("params")
-        cells = [row["method"], *(_fmt(row.get(k, float("nan"))) for k in metrics),
+        method = row["method"]
+        if row.get("note"):
+            notes.append(row["note"])
+            method += " " + "†" * len(notes)
+        cells = [method, *(_fmt(row.get(k, float("nan"))) for k in metrics),
                  f"{params / 1e6:.2f}" if params else "–",
                  _fmt_plain(row.get("train_time_s")), _fmt_plain(row.get("inference_img_per_s"))]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + [f"{'†' * (i + 1)} {note}" for i, note in enumerate(notes)] if notes else []
     (run_dir / "results.md").write_text("\n".join(lines) + "\n")
     plot_comparison(run_dir / "comparison.png", rows, plotted_metrics(task, rows), task_columns(task).y_label, meta)
 
@@ -160,8 +167,9 @@ def plot_comparison(path: Path, rows: list[dict], keys: list[str], y_label: str,
     plt.close(fig)
 
 
-def majority_class_row(dataset: str, root: Path) -> dict:
-    """The reference row: predict the training split's most frequent class everywhere on test."""
+def majority_class_row(dataset: str, root: Path, split: str = "test") -> dict:
+    """The reference row: predict the training split's most frequent class everywhere on ``split``
+    (``"test"``, or ``"val"`` where test labels are private)."""
     from rsseg.data.registry import DATAMODULES
     from rsseg.metrics import SegmentationMetrics
 
@@ -169,11 +177,11 @@ def majority_class_row(dataset: str, root: Path) -> dict:
                                 augment=False)
     counts = train_pixel_counts(Path(root), data)
     majority = max(range(len(counts)), key=counts.__getitem__)
-    data.setup("test")
+    data.setup("test" if split == "test" else "validate")
     spec = data.spec
     metrics = SegmentationMetrics(spec.num_classes, ignore_index=spec.ignore_index,
                                   exclude_from_mean=spec.exclude_from_mean, class_names=list(spec.classes))
-    for batch in data.test_dataloader():
+    for batch in (data.test_dataloader() if split == "test" else data.val_dataloader()):
         metrics.update(torch.full_like(batch["mask"], majority), batch["mask"])
     values = {k: float(v) for k, v in metrics.compute().items()}
     return {"method": "majority class", **values, "predicted_class": majority, "params": 0}

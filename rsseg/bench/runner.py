@@ -16,11 +16,22 @@ def run_method(method: str, config: Path, plan: BenchPlan, root: Path, run_dir: 
                lightning_args: list[str] = (), coarse_maps: Path | None = None) -> dict:
     """Fit then test one method through the same LightningCLI that ``rsseg fit`` uses; with
     ``coarse_maps``, then write its train and test predictions there as coarse maps for the refiner."""
-    args = [*plan.config_args(method), "--data.init_args.root", str(root), *lightning_args]
-    row, cli, best = fit_and_test(method, args, run_dir, group)
+    args = [*plan.config_args(method), "--data.init_args.root", str(root), *prepared_protocol(root),
+            *lightning_args]
+    row, cli, best = fit_and_test(method, args, run_dir, group, plan.evaluate)
     if coarse_maps is not None:
         write_coarse_maps(cli, best, method, coarse_maps)
     return {"method": method, "config": str(config), **row}
+
+
+def prepared_protocol(root: Path) -> list[str]:
+    """A prepared root holds the splits of one protocol: every method runs with it (whatever its config
+    names, e.g. SDCI's official Potsdam protocol); roots read as released: no override."""
+    from rsseg.data.prepare import read_manifest
+
+    if not (Path(root) / "manifest.json").is_file():
+        return []
+    return ["--data.init_args.protocol", read_manifest(root)["protocol"]["name"]]
 
 
 # Datasets scored per (image, expression) with the referring metrics; every other dataset is semantic.
@@ -48,7 +59,7 @@ def reference_rows(plan: BenchPlan, root: Path) -> list[dict]:
     and the masks are scored at the resolution the methods are scored at).
     """
     if bench_task(plan.dataset) == "semantic":
-        return [majority_class_row(plan.dataset, root)]
+        return [majority_class_row(plan.dataset, root, "test" if plan.evaluate == "test" else "val")]
     data_args = configured_data_args(plan, next(iter(plan.configs)))
     return constant_mask_rows(plan.dataset, root, {k: data_args[k] for k in ("tokenizer", "image_size")
                                                    if k in data_args})
@@ -76,14 +87,16 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
     refiner = (RefinerStages(plan, source.prepared, run_dir, group, list(refiner_args), list(refiner_stage_args))
                if plan.refiner else None)
     for method, config in plan.configs.items():
+        refined = refiner is not None and method in plan.refined
         rows.append(run_method(method, config, plan, source.prepared, run_dir, group, list(lightning_args),
-                               coarse_maps=refiner and refiner.coarse_root))
-        if refiner:
+                               coarse_maps=refiner.coarse_root if refined else None))
+        if refined:
             rows.append(refiner.run(method))
 
     meta = {
         "dataset": dataset,
         "task": bench_task(dataset),
+        "evaluated_split": "test" if plan.evaluate == "test" else "val",
         "profile": profile,
         "synthetic": source.synthetic,
         "data_root": str(source.prepared),

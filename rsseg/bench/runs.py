@@ -34,25 +34,32 @@ def _wandb_logger(save_dir: Path, group: str, name: str) -> str:
     })
 
 
-def fit_and_test(name: str, args: list[str], run_dir: Path, group: str):
-    """Fit and test the run ``args`` describe in ``run_dir/name``: its row, the CLI and the best checkpoint."""
+def fit_and_test(name: str, args: list[str], run_dir: Path, group: str, evaluate: str = "test"):
+    """Fit, then ``evaluate`` (``"test"`` or ``"validate"``), the run ``args`` describe, in ``run_dir/name``:
+    its row, the CLI and the best checkpoint. A training-free model (``training_free = True``) is only
+    evaluated; a model's ``bench_note`` (e.g. "random weights") goes into the row."""
     cli = _build(name, args, run_dir, group)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    timer = InferenceTimer()
+    timer = InferenceTimer(evaluate)
     trainer.callbacks.append(timer)
 
-    log.info("training %s", name)
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=data)
-    train_seconds = time.perf_counter() - start
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    [metrics] = trainer.test(model, datamodule=data, ckpt_path=best or None)
+    train_seconds, best = None, ""
+    if not getattr(model, "training_free", False):
+        log.info("training %s", name)
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=data)
+        train_seconds = round(time.perf_counter() - start, 2)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    run = trainer.test if evaluate == "test" else trainer.validate
+    [metrics] = run(model, datamodule=data, ckpt_path=best or None)
     trainer.callbacks.remove(timer)
     _close_loggers(trainer)
+    prefix = "test/" if evaluate == "test" else "val/"
     row = {
-        **{k.removeprefix("test/"): float(v) for k, v in metrics.items()},
+        **{k.removeprefix(prefix): float(v) for k, v in metrics.items() if k.startswith(prefix)},
+        **({"note": model.bench_note} if getattr(model, "bench_note", None) else {}),
         "params": count_parameters(model),
-        "train_time_s": round(train_seconds, 2),
+        "train_time_s": train_seconds,
         "inference_img_per_s": round(timer.images_per_second, 3),
         "test_images": timer.images,
         "checkpoint": best,

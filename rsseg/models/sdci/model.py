@@ -1,0 +1,229 @@
+"""SDCI (paper 002): training-free open-vocabulary segmentation, CLIP + DINO with CAF, BCDR and CSCP.
+
+``SDCI(image)`` maps a B×3×H×W image in [0, 1] to per-pixel class probabilities B×K×H×W over the K
+classes given to :meth:`SDCI.set_text`. Defaults are the paper's (§3, appendix A: λ₁ = 1, K = 30,
+τ = 0.07, α = 0.9, T = 40, λ_C = 1, λ_D = 0.2, β = 0.1, w_in = 1, w_cross = 0.1, full 512² images); the
+released code's choices where they differ are options (see the argument list).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD
+from rsseg.models.sdci.cscp import CSCP, as_distribution
+from rsseg.models.sdci.fusion import (
+    align_attention,
+    cross_fuse,
+    diffuse,
+    graph_features,
+    grid_resample,
+    knn_transition,
+    zero_shot_scores,
+)
+from rsseg.models.sdci.semantic import SemanticBranch, clip_tokenizer, load_clip, text_embeddings
+from rsseg.models.sdci.structural import DINO_VERSIONS, StructuralBranch, load_dino
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SCORE_NORMALISATIONS = ("released", "presence")
+
+
+@contextlib.contextmanager
+def _timed(record: dict | None, stage: str, device: torch.device):
+    """Adds the stage's wall time (device synchronised) to ``record[stage]``; free when ``record`` is None."""
+    if record is None:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    record[stage] = record.get(stage, 0.0) + time.perf_counter() - start
+
+
+class SDCI(nn.Module):
+    """The whole SDCI pipeline (frozen, inference only).
+
+    Args:
+        clip_model, clip_pretrained: open_clip model name and tag or local file (``None``: random weights);
+            ``clip_config`` builds a CLIP from a config instead (small models for tests).
+        clip_size: short side CLIP sees, rounded to a multiple of its patch (512 → 518, 37 × 37 tokens).
+        dino_version: ``"v2"`` (DINOv2 ViT-B/14 with registers, 532² input; SDCI-v2) or ``"v1"`` (DINO
+            ViT-B/8, 384²; SDCI-v1); ``dino_model`` (hub id or folder), ``dino_pretrained``, ``dino_config``
+            and ``dino_size`` override the version's defaults.
+        attention_fusion: Eq. 4–5 as the paper (``"paper"``) or the code's Sinkhorn variant (``"released"``).
+        align: Align(·) of Eq. 8–9: ``"grid"`` (both token grids resampled) or ``"flat"`` (the code).
+        caf_weight: λ₁ of Eq. 8–9 (0: no cross injection). ``last_threshold``: the code's zeroing of last-level
+            scores below this share of their class maximum (0: off; the paper is silent).
+        logit_scale: CLIP's temperature for the zero-shot scores (the code's 50).
+        knn, temperature, graph_features: Eq. 11–12's K, τ and node features (``"mean"`` over levels as
+            Eq. 10, or the ``"last"`` level as the code). ``alpha``, ``diffusion_steps``: Eq. 13–15.
+        use_bcdr, use_cscp: the ablation's modules (Table 2); without CSCP the CLIP branch's map decides.
+        score_normalization: turning the diffused scores into maps for CSCP (the paper is silent; the code
+            upsamples, divides by the class maximum, multiplies by the class presence — the maximum of the
+            fused scores — then min-max normalises each class, which cancels that factor: ``"released"``;
+            ``"presence"`` keeps it).
+        class_threshold: classes whose presence is at most this are zeroed (the code: 0 for ISPRS, 0.5 for
+            LoveDA).
+        cscp: keyword arguments of :class:`rsseg.models.sdci.cscp.CSCP` (λ_C, λ_D, β, weights, solver).
+    """
+
+    def __init__(
+        self,
+        clip_model: str = "ViT-L-14",
+        clip_pretrained: str | None = "openai",
+        clip_config: dict | None = None,
+        clip_size: int = 512,
+        dino_version: str = "v2",
+        dino_model: str | None = None,
+        dino_pretrained: bool = True,
+        dino_config: dict | None = None,
+        dino_size: int | None = None,
+        attention_fusion: str = "paper",
+        align: str = "grid",
+        caf_weight: float = 1.0,
+        last_threshold: float = 0.2,
+        logit_scale: float = 50.0,
+        knn: int = 30,
+        temperature: float = 0.07,
+        graph_features: str = "mean",
+        alpha: float = 0.9,
+        diffusion_steps: int = 40,
+        use_bcdr: bool = True,
+        use_cscp: bool = True,
+        score_normalization: str = "released",
+        class_threshold: float = 0.0,
+        cscp: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if dino_version not in DINO_VERSIONS:
+            raise ValueError(f"dino_version must be one of {sorted(DINO_VERSIONS)}, got {dino_version!r}")
+        if score_normalization not in SCORE_NORMALISATIONS:
+            raise ValueError(f"score_normalization must be one of {SCORE_NORMALISATIONS}, "
+                             f"got {score_normalization!r}")
+        default_dino, default_size = DINO_VERSIONS[dino_version]
+        self.clip = load_clip(clip_model, clip_pretrained, clip_config).requires_grad_(False)
+        self.tokenizer = clip_tokenizer(clip_model)
+        self.semantic = SemanticBranch(self.clip, attention_fusion)
+        self.structural = StructuralBranch(load_dino(dino_model or default_dino, dino_pretrained, dino_config))
+        self.clip_size, self.dino_size = clip_size, dino_size or default_size
+        self.align, self.caf_weight, self.last_threshold = align, caf_weight, last_threshold
+        self.logit_scale = logit_scale
+        self.knn, self.temperature, self.graph_features = knn, temperature, graph_features
+        self.alpha, self.diffusion_steps = alpha, diffusion_steps
+        self.use_bcdr, self.use_cscp = use_bcdr, use_cscp
+        self.score_normalization, self.class_threshold = score_normalization, class_threshold
+        self.cscp = CSCP(**(cscp or {}))
+        self.register_buffer("text", torch.empty(0), persistent=False)
+        self.num_outputs = 0
+        for name, mean, std in (("clip_mean", CLIP_MEAN, CLIP_STD), ("dino_mean", IMAGENET_MEAN, IMAGENET_STD)):
+            self.register_buffer(name, torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer(name.replace("mean", "std"), torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> SDCI:
+        return super().train(False)  # training-free: always in eval mode
+
+    @torch.no_grad()
+    def set_text(self, classes: list[list[str]], templates: list[str], distractors: list[list[str]] = ()) -> None:
+        """The text bank: one embedding per class (its names averaged over ``templates``), then the
+        ``distractors`` (e.g. the released code's "other") and the mean of the class embeddings, which only
+        compete in the softmax (the code's background handling). Outputs are the ``classes`` only."""
+        rows = text_embeddings(self.clip, self.tokenizer, [*classes, *distractors], templates)
+        mean_class = F.normalize(rows[: len(classes)].mean(0, keepdim=True), dim=-1)
+        self.text = torch.cat([rows, mean_class]).to(self.clip_mean.device)
+        self.num_outputs = len(classes)
+
+    def _clip_input(self, image: torch.Tensor) -> torch.Tensor:
+        patch = self.semantic.patch_size
+        scale = self.clip_size / min(image.shape[-2:])
+        size = [max(1, round(s * scale / patch)) * patch for s in image.shape[-2:]]
+        resized = F.interpolate(image, size=size, mode="bicubic", align_corners=False)
+        return (resized - self.clip_mean) / self.clip_std
+
+    def _dino_input(self, image: torch.Tensor) -> torch.Tensor:
+        resized = F.interpolate(image, size=(self.dino_size, self.dino_size), mode="bicubic", align_corners=False)
+        return (resized - self.dino_mean) / self.dino_std
+
+    def branch_scores(self, image: torch.Tensor, timings: dict | None = None) -> dict:
+        """CAF (Eq. 8–9) and, with ``use_bcdr``, BCDR (Eq. 10–15) on a [0, 1] image batch: each branch's
+        scores (B×hw×K on the grid of the graph they diffused on), grids, and class presence (B×K).
+        ``timings`` (a dict) receives each stage's seconds."""
+        if self.num_outputs == 0:
+            raise RuntimeError("SDCI has no classes: call set_text() first")
+        with _timed(timings, "clip", image.device):
+            semantic = self.semantic(self._clip_input(image))
+        with _timed(timings, "dino", image.device):
+            structural = self.structural(self._dino_input(image))
+        for name, branch in (("CLIP", semantic), ("DINO", structural)):
+            if branch["features"].shape[-1] != self.text.shape[-1]:
+                raise ValueError(f"{name} features are {branch['features'].shape[-1]}-d but the text embeddings "
+                                 f"{self.text.shape[-1]}-d: SDCI compares both with the text (ViT-L/14 and ViT-B)")
+        with _timed(timings, "caf", image.device):
+            out = self._cross_fusion(semantic, structural)
+        if self.use_bcdr:
+            with _timed(timings, "bcdr", image.device):
+                self._diffuse(out, semantic, structural)
+        return out
+
+    def _cross_fusion(self, semantic: dict, structural: dict) -> dict:
+        """Zero-shot scores of every level and Eq. 8–9; presence = each class's maximum fused score."""
+        clip_grid, dino_grid = semantic["grid"], structural["grid"]
+        clip_levels = zero_shot_scores(semantic["features"], self.text, self.num_outputs, self.logit_scale)
+        dino_levels = zero_shot_scores(structural["features"], self.text, self.num_outputs, self.logit_scale)
+        clip_fused = cross_fuse(clip_levels, semantic["attention"],
+                                align_attention(structural["attention"], dino_grid, clip_grid, self.align),
+                                self.caf_weight, self.last_threshold)
+        dino_fused = cross_fuse(dino_levels, structural["attention"],
+                                align_attention(semantic["attention"], clip_grid, dino_grid, self.align),
+                                self.caf_weight, self.last_threshold)
+        return {"clip": clip_fused, "clip_grid": clip_grid, "dino": dino_fused, "dino_grid": dino_grid,
+                "clip_presence": clip_fused.amax(1), "dino_presence": dino_fused.amax(1)}
+
+    def _diffuse(self, out: dict, semantic: dict, structural: dict) -> None:
+        """BCDR in place on CAF's ``out``: Eq. 13, CLIP's scores walk DINO's structural graph (on DINO's
+        grid); Eq. 14, DINO's scores walk CLIP's semantic graph (on CLIP's grid)."""
+        clip_grid, dino_grid = semantic["grid"], structural["grid"]
+        clip_graph = knn_transition(graph_features(semantic["features"], self.graph_features), self.knn,
+                                    self.temperature)
+        dino_graph = knn_transition(graph_features(structural["features"], self.graph_features), self.knn,
+                                    self.temperature)
+        out["clip"] = diffuse(grid_resample(out["clip"], clip_grid, dino_grid), *dino_graph, self.alpha,
+                              self.diffusion_steps)
+        out["dino"] = diffuse(grid_resample(out["dino"], dino_grid, clip_grid), *clip_graph, self.alpha,
+                              self.diffusion_steps)
+        out["clip_grid"], out["dino_grid"] = dino_grid, clip_grid
+
+    def score_maps(self, scores: torch.Tensor, grid: tuple[int, int], presence: torch.Tensor,
+                   size: tuple[int, int]) -> torch.Tensor:
+        """Token scores B×hw×K → B×K×H×W maps in [0, 1] for CSCP (see ``score_normalization``)."""
+        maps = F.interpolate(scores.transpose(1, 2).unflatten(-1, grid), size=size, mode="bilinear",
+                             align_corners=False)
+        tiny = torch.finfo(maps.dtype).tiny
+        maps = maps / maps.amax((-2, -1), keepdim=True).clamp_min(tiny) * presence[..., None, None]
+        if self.score_normalization == "released":
+            low = maps.amin((-2, -1), keepdim=True)
+            maps = (maps - low) / (maps.amax((-2, -1), keepdim=True) - low).clamp_min(tiny)
+        return maps * (presence > self.class_threshold)[..., None, None]
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor, timings: dict | None = None) -> torch.Tensor:
+        """Class probabilities B×K×H×W for a B×3×H×W image batch in [0, 1]; ``timings`` (a dict) receives
+        each stage's seconds (clip, dino, caf, bcdr, maps, cscp)."""
+        size = tuple(image.shape[-2:])
+        scores = self.branch_scores(image, timings)
+        with _timed(timings, "maps", image.device):
+            clip_map = self.score_maps(scores["clip"], scores["clip_grid"], scores["clip_presence"], size)
+            dino_map = self.score_maps(scores["dino"], scores["dino_grid"], scores["dino_presence"], size)
+        if not self.use_cscp:
+            return as_distribution(clip_map)
+        with _timed(timings, "cscp", image.device):  # CSCP turns the maps into distributions itself
+            pixels = (image * 255).round().clamp(0, 255).to(torch.uint8)
+            return self.cscp(pixels, clip_map, dino_map)

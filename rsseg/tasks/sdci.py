@@ -1,0 +1,154 @@
+"""SDCI as an inference-only LightningModule: ``rsseg test|validate|predict`` with the shared metrics."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rsseg.data.spec import IGNORE_INDEX
+from rsseg.models.sdci.model import SDCI
+from rsseg.models.sdci.prompts import load_prompts
+from rsseg.tasks.segmentation import SegmentationTask
+
+SDCI_ARGUMENTS = tuple(inspect.signature(SDCI).parameters)
+
+
+def _prompt_file(path: str) -> Path:
+    """``path`` as given, or, when that does not exist, relative to the folder holding rsseg's
+    ``experiments/`` (so the configs' ``experiments/sdci/prompts/…`` work from any working directory)."""
+    from rsseg.bench.plan import default_experiments_dir
+
+    given = Path(path)
+    beside = default_experiments_dir().resolve().parent / given
+    return given if given.exists() or given.is_absolute() or not beside.exists() else beside
+
+
+class SDCITask(SegmentationTask):
+    """SDCI (paper 002) scored like every semantic method; training-free, so ``fit`` stops with a message.
+
+    Args:
+        prompts: the prompt table (``experiments/sdci/prompts/<dataset>.yaml``, see
+            :mod:`rsseg.models.sdci.prompts`); ``prompt_setting``: ``"ori"``, ``"gen"`` or ``"set_of_gen"``.
+        background: ``"ignore"`` (SDCI's protocol: the background class is never predicted and its pixels
+            are not scored) or ``"predict"`` (a class like the others, as SegEarth-OV counts it).
+        class_names: the dataset's class names in label order; taken from the datamodule's spec when None.
+        inference_window: 512, the paper's full-image size; larger inputs go through sliding windows.
+        The remaining SDCI arguments are :class:`rsseg.models.sdci.model.SDCI`'s (paper defaults).
+    """
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        prompts: str | None = None,
+        prompt_setting: str = "ori",
+        background: str = "ignore",
+        class_names: list[str] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        exclude_from_mean: tuple[int, ...] = (),
+        inference_window: int | None = 512,
+        inference_overlap: int = 0,
+        inference_blend: str = "gaussian",
+        test_per_class_wfm: bool = True,
+        wfm_workers: int = 2,
+        wfm_device: str = "cpu",
+        test_boundary_wfm: bool = True,
+        clip_model: str = "ViT-L-14",
+        clip_pretrained: str | None = "openai",
+        clip_config: dict | None = None,
+        clip_size: int = 512,
+        dino_version: str = "v2",
+        dino_model: str | None = None,
+        dino_pretrained: bool = True,
+        dino_config: dict | None = None,
+        dino_size: int | None = None,
+        attention_fusion: str = "paper",
+        align: str = "grid",
+        caf_weight: float = 1.0,
+        last_threshold: float = 0.2,
+        logit_scale: float = 50.0,
+        knn: int = 30,
+        temperature: float = 0.07,
+        graph_features: str = "mean",
+        alpha: float = 0.9,
+        diffusion_steps: int = 40,
+        use_bcdr: bool = True,
+        use_cscp: bool = True,
+        score_normalization: str = "released",
+        class_threshold: float = 0.0,
+        cscp: dict | None = None,
+    ) -> None:
+        if prompts is None:
+            raise ValueError("SDCI needs a prompt table: set model.init_args.prompts (experiments/sdci/prompts/)")
+        self._sdci_args = {k: v for k, v in locals().items() if k in SDCI_ARGUMENTS}
+        super().__init__(num_classes=num_classes, ignore_index=ignore_index, exclude_from_mean=exclude_from_mean,
+                         inference_window=inference_window,
+                         inference_overlap=inference_overlap, inference_blend=inference_blend,
+                         test_per_class_wfm=test_per_class_wfm, wfm_workers=wfm_workers, wfm_device=wfm_device,
+                         test_boundary_wfm=test_boundary_wfm, scheduler="none")
+        self.table = None  # the prompt table, read for the dataset's classes in setup
+
+    training_free = True  # `rsseg bench` evaluates it without fitting
+
+    @property
+    def bench_note(self) -> str | None:
+        """Why a bench row of this model means nothing, if it does (random CLIP or DINO weights)."""
+        hp = self.hparams
+        if hp.clip_pretrained is None or not hp.dino_pretrained:
+            return ("SDCI with random CLIP/DINO weights (offline smoke profile): training-free, so these scores "
+                    "are not meaningful; the full profile loads the real weights from the open_clip and Hugging "
+                    "Face caches")
+        return None
+
+    def build_network(self) -> nn.Module:
+        return SDCI(**self._sdci_args)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            raise RuntimeError("SDCI is training-free: there is nothing to fit. Evaluate it with `rsseg test "
+                               "--config experiments/sdci/<dataset>.yaml` (or validate / predict)")
+        super().setup(stage)
+        self.set_classes()
+
+    def set_classes(self, class_names: list[str] | None = None) -> None:
+        """Read the prompt table for the dataset's classes and encode its text (once)."""
+        if self.table is not None:
+            return
+        names = class_names or self.hparams.class_names
+        if names is None:
+            spec = getattr(self._datamodule(), "spec", None)
+            if spec is None:
+                raise ValueError("SDCI needs the dataset's class names: use a datamodule or set class_names")
+            names = list(spec.classes)
+        if len(names) != self.num_classes:
+            raise ValueError(f"{len(names)} class names for a {self.num_classes}-class model")
+        hp = self.hparams
+        self.table = load_prompts(_prompt_file(hp.prompts), hp.prompt_setting, names, hp.background)
+        self.net.set_text([list(n) for n in self.table.names], list(self.table.templates),
+                          [list(d) for d in self.table.distractors])
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Scores B×num_classes×H×W from a normalised image batch (classes SDCI does not predict stay 0)."""
+        mean, std = self._statistics(image.device)
+        probabilities = self.net((image * std + mean).clamp(0, 1))
+        scores = probabilities.new_zeros(image.shape[0], self.num_classes, *image.shape[-2:])
+        scores[:, list(self.table.classes)] = probabilities
+        return scores
+
+    def _update_metrics(self, pred: torch.Tensor, mask: torch.Tensor, metrics, prefix: str) -> None:
+        if self.hparams.background == "ignore" and self.table.background is not None:
+            mask = mask.masked_fill(mask == self.table.background, self.ignore_index)  # SDCI's protocol
+        super()._update_metrics(pred, mask, metrics, prefix)
+
+    def _eval_step(self, batch: dict[str, Any], metrics, prefix: str) -> None:
+        self._update_metrics(self.predict_logits(batch["image"]).argmax(1).to(batch["mask"].device),
+                             batch["mask"], metrics, prefix)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        raise RuntimeError("SDCI is training-free")
+
+    def configure_optimizers(self) -> None:
+        return None
