@@ -1,7 +1,13 @@
 """IDGBR learns to refine: degraded road maps of the synthetic CHN6-CUG twin get better boundaries.
 
-Heavy (about ten minutes on 2 CPU cores; run with ``pytest -m heavy``): the pieces it chains are each
+Heavy (about 25 minutes on 2 CPU cores; run with ``pytest -m heavy``): the pieces it chains are each
 covered by the fast tests in test_idgbr_model.py, test_idgbr_task.py and test_coarse_maps.py.
+
+Measured (session 5, this setup with seeds 0 and 1; coarse maps: mIoU 0.870, boundary WF 0.343): after
+1000 steps the refined maps score mIoU 0.941 / boundary WF 0.524 (seed 0) and 0.946 / 0.672 (seed 1) with
+guidance weight 1. Classifier-free guidance at the paper's weight 3 is unstable on a model this small and
+this briefly trained — 0.944 / 0.674 (seed 0) but 0.787 / 0.328 (seed 1) at 1000 steps, and one earlier run
+fell to 0.200 at 600 steps — so the check samples with weight 1 (the conditional model alone).
 
 Offline there is no pretrained Stable Diffusion VAE, and a random VAE cannot carry label codes through
 its latent, so the test first fits the tiny VAE as an autoencoder of the twin's label codes and images
@@ -71,8 +77,6 @@ def coarse_scores(root, folder):
     return semantic.compute()["mIoU"], boundary.compute()["WF"]
 
 
-@pytest.mark.xfail(strict=False, reason="not yet reliable: one run refined boundary WF 0.343 → 0.445 (mIoU "
-                   "0.870 → 0.898), the next (this file as committed) fell to 0.200; see the session 4 note")
 def test_refining_degraded_road_maps_raises_boundary_wf_and_keeps_miou(tmp_path):
     torch.manual_seed(0)
     root = tmp_path / "chn6cug"
@@ -89,13 +93,12 @@ def test_refining_degraded_road_maps_raises_boundary_wf_and_keeps_miou(tmp_path)
 
     task = IDGBRTask(num_classes=2, **{**TINY_IDGBR, "vae": str(tmp_path / "vae")},
                      label_embedding=str(tmp_path / "label_embedding.ckpt"), repa_weight=0.0, cubic_timesteps=False,
-                     lr=5e-4, inference_steps=10, inference_window=64, test_per_class_wfm=False, wfm_workers=0)
-    data = CoarseMapDataModule(CHN6CUGDataModule(str(root), batch_size=8, crop_size=64, num_workers=2,
+                     lr=5e-4, inference_steps=10, inference_window=64, guidance_scale=1.0, test_per_class_wfm=False,
+                     wfm_workers=0)
+    data = CoarseMapDataModule(CHN6CUGDataModule(str(root), batch_size=8, crop_size=64, num_workers=1,
                                                  eval_batch_size=1), "degraded")
-    trainer = L.Trainer(max_steps=600, **quiet)
+    trainer = L.Trainer(max_steps=1000, **quiet)
     trainer.fit(task, data)
     refined = trainer.test(task, data, verbose=False)[0]
-    # first run: coarse mIoU 0.870 / boundary WF 0.343 → refined 0.898 / 0.445 (guidance weight 3; weight 1
-    # gave 0.699 / 0.172); second run (LatentAutoencoderTask's VAE, scaling 1.086): boundary WF 0.200
     assert refined["test/boundary_WF"] > coarse_wf + 0.03
     assert refined["test/mIoU"] >= coarse_miou - 0.01

@@ -250,6 +250,18 @@ def test_sdci_ablations_run(sdci):
                 setattr(sdci, key, value)
 
 
+def test_sdci_v1_runs_with_dino_vit_b8_layout():
+    """SDCI-v1: DINO v1's ViT (transformers ``vit``, patch 8, [CLS] only) as the structural branch."""
+    from rsseg.models.sdci.model import SDCI
+
+    model = SDCI(**{**TINY_SDCI, "dino_version": "v1", "dino_config": TINY_DINO_V1, "dino_size": 48})
+    model.set_text([["road"], ["tree"]], ["{}"], [["other"]])
+    scores = model.branch_scores(torch.rand(1, 3, 32, 32))
+    assert scores["clip_grid"] == (6, 6)  # CLIP's scores diffused on DINO v1's 48/8 grid
+    out = model(torch.rand(1, 3, 32, 32))
+    torch.testing.assert_close(out.sum(1), torch.ones(1, 32, 32), atol=1e-5, rtol=0)
+
+
 def test_sdci_refuses_mismatched_feature_widths():
     from rsseg.models.sdci.model import SDCI
 

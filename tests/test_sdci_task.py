@@ -79,5 +79,6 @@ def test_rsseg_test_runs_sdci_and_fit_refuses(tiny_potsdam, tmp_path, capsys):
     main(["test", *args])
     printed = capsys.readouterr().out
     assert "test/mIoU" in printed and "test/boundary_WF" in printed
+    main(["predict", *args, "--return_predictions", "false"])
     with pytest.raises(RuntimeError, match="SDCI is training-free: there is nothing to fit"):
         main(["fit", *args])
