@@ -35,6 +35,7 @@ def test_bench_on_synthetic_default(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no data/potsdam here, so the bench must fall back to synthetic data
     monkeypatch.delenv("DATA_ROOT", raising=False)
     monkeypatch.setitem(sources.SYNTHESIZERS, "potsdam", functools.partial(write_synthetic_potsdam, tiles=TINY_TILES))
+    monkeypatch.setenv("WANDB_MODE", "offline")  # real (offline) W&B runs, as users get them
     code = main(["bench", "potsdam", "--methods", "unet", "--out", "out", "--cache", "cache",
                  "--refiner-args", TINY_REFINER, "--refiner-stage-args", "--trainer.max_steps 4", "--", *TINY_RUN])
     assert code == 0

@@ -28,14 +28,15 @@ def write_coarse_maps(cli, checkpoint: str, name: str, output_root: Path) -> Pat
     trainer, data = cli.trainer, cli.datamodule
     writer = CoarseMapWriter(name, output_root=str(output_root))
     trainer.callbacks.append(writer)
-    original = data.predict_split
+    original, loggers = data.predict_split, trainer.loggers
+    trainer.loggers = []  # the run's loggers are closed (a finished W&B run refuses even its hparams)
     try:
         for split in ("train", "val", "test") if data.val_dataset is not None else ("train", "test"):
             data.predict_split = split
             log.info("writing %s coarse maps of the %s split", name, split)
             trainer.predict(cli.model, datamodule=data, ckpt_path=checkpoint or None, return_predictions=False)
     finally:
-        data.predict_split = original
+        data.predict_split, trainer.loggers = original, loggers
         trainer.callbacks.remove(writer)
     return writer.folder
 
