@@ -237,7 +237,7 @@ def test_sdci_returns_distributions_at_the_input_size(sdci):
 
 def test_sdci_ablations_run(sdci):
     image = torch.rand(1, 3, 32, 32)
-    for switch in ({"use_cscp": False}, {"use_bcdr": False}, {"caf_weight": 0.0}):
+    for switch in ({"use_cscp": False}, {"use_bcdr": False}, {"caf_weight": 0.0}, {"diffusion_half": True}):
         saved = {k: getattr(sdci, k) for k in switch}
         try:
             for key, value in switch.items():

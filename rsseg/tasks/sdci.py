@@ -75,6 +75,7 @@ class SDCITask(SegmentationTask):
         graph_features: str = "mean",
         alpha: float = 0.9,
         diffusion_steps: int = 40,
+        diffusion_half: bool = False,
         use_bcdr: bool = True,
         use_cscp: bool = True,
         score_normalization: str = "released",

@@ -65,7 +65,8 @@ class SDCI(nn.Module):
             scores below this share of their class maximum (0: off; the paper is silent).
         logit_scale: CLIP's temperature for the zero-shot scores (the code's 50).
         knn, temperature, graph_features: Eq. 11–12's K, τ and node features (``"mean"`` over levels as
-            Eq. 10, or the ``"last"`` level as the code). ``alpha``, ``diffusion_steps``: Eq. 13–15.
+            Eq. 10, or the ``"last"`` level as the code). ``alpha``, ``diffusion_steps``: Eq. 13–15;
+            ``diffusion_half``: run the diffusion in float16 as the released code (default float32).
         use_bcdr, use_cscp: the ablation's modules (Table 2); without CSCP the CLIP branch's map decides.
         score_normalization: turning the diffused scores into maps for CSCP (the paper is silent; the code
             upsamples, divides by the class maximum, multiplies by the class presence — the maximum of the
@@ -97,6 +98,7 @@ class SDCI(nn.Module):
         graph_features: str = "mean",
         alpha: float = 0.9,
         diffusion_steps: int = 40,
+        diffusion_half: bool = False,
         use_bcdr: bool = True,
         use_cscp: bool = True,
         score_normalization: str = "released",
@@ -118,7 +120,7 @@ class SDCI(nn.Module):
         self.align, self.caf_weight, self.last_threshold = align, caf_weight, last_threshold
         self.logit_scale = logit_scale
         self.knn, self.temperature, self.graph_features = knn, temperature, graph_features
-        self.alpha, self.diffusion_steps = alpha, diffusion_steps
+        self.alpha, self.diffusion_steps, self.diffusion_half = alpha, diffusion_steps, diffusion_half
         self.use_bcdr, self.use_cscp = use_bcdr, use_cscp
         self.score_normalization, self.class_threshold = score_normalization, class_threshold
         self.cscp = CSCP(**(cscp or {}))
@@ -195,10 +197,12 @@ class SDCI(nn.Module):
                                     self.temperature)
         dino_graph = knn_transition(graph_features(structural["features"], self.graph_features), self.knn,
                                     self.temperature)
-        out["clip"] = diffuse(grid_resample(out["clip"], clip_grid, dino_grid), *dino_graph, self.alpha,
-                              self.diffusion_steps)
-        out["dino"] = diffuse(grid_resample(out["dino"], dino_grid, clip_grid), *clip_graph, self.alpha,
-                              self.diffusion_steps)
+        dtype = torch.float16 if self.diffusion_half else torch.float32
+        for branch, graph, src, dst in (("clip", dino_graph, clip_grid, dino_grid),
+                                        ("dino", clip_graph, dino_grid, clip_grid)):
+            indices, weights = graph
+            start = grid_resample(out[branch], src, dst).to(dtype)
+            out[branch] = diffuse(start, indices, weights.to(dtype), self.alpha, self.diffusion_steps).float()
         out["clip_grid"], out["dino_grid"] = dino_grid, clip_grid
 
     def score_maps(self, scores: torch.Tensor, grid: tuple[int, int], presence: torch.Tensor,
