@@ -15,7 +15,7 @@ from rsseg.bench.sources import resolve_prepared_root
 def run_method(method: str, config: Path, plan: BenchPlan, root: Path, run_dir: Path, group: str,
                lightning_args: list[str] = (), coarse_maps: Path | None = None) -> dict:
     """Fit then test one method through the same LightningCLI that ``rsseg fit`` uses; with
-    ``coarse_maps``, then write its train and test predictions there as coarse maps for the refiner."""
+    ``coarse_maps``, then write its predictions of every split there as coarse maps for the refiner."""
     args = [*plan.config_args(method), "--data.init_args.root", str(root), *prepared_protocol(root),
             *lightning_args]
     row, cli, best = fit_and_test(method, args, run_dir, group, plan.evaluate)
