@@ -266,24 +266,27 @@ def test_majority_row_counts_training_masks_without_a_manifest(tmp_path):
 
 
 def test_bench_scores_val_where_test_labels_are_private(tmp_path, monkeypatch):
-    """LoveDA: the reference row and SDCI (training-free: evaluated only, its random weights flagged) on Val."""
+    """LoveDA: the reference row and SDCI (training-free: evaluated only, its random weights flagged) on Val;
+    D2LS, given an argument only SDCI has, fails and is reported as failed while SDCI still runs."""
     from rsseg.data.synthetic import write_synthetic_loveda
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DATA_ROOT", raising=False)
     monkeypatch.setitem(sources.SYNTHESIZERS, "loveda",
                         functools.partial(write_synthetic_loveda, per_split=(2, 2, 2), size=128))
-    code = main(["bench", "loveda", "--methods", "sdci", "--out", "out", "--cache", "cache", "--",
+    code = main(["bench", "loveda", "--methods", "d2ls,sdci", "--out", "out", "--cache", "cache", "--",
                  "--data.init_args.num_workers", "0", "--trainer.accelerator", "cpu",
-                 "--model.init_args.inference_window", "64"])
+                 "--model.init_args.inference_window", "64", "--model.init_args.prompt_setting", "gen"])
     assert code == 0
     [run] = list((tmp_path / "out" / "loveda").iterdir())
     payload = json.loads((run / "results.json").read_text())
     assert payload["meta"]["evaluated_split"] == "val"
-    majority, sdci = payload["rows"]
+    majority, d2ls, sdci = payload["rows"]
+    assert d2ls == {"method": "d2ls", "failed": d2ls["failed"]} and "rejected its configuration" in d2ls["failed"]
     assert sdci["method"] == "sdci" and sdci["train_time_s"] is None and "random CLIP/DINO weights" in sdci["note"]
     assert sdci["test_images"] == 2 and 0 <= sdci["mIoU"] <= 1  # the Val images: one Urban, one Rural
     assert "IoU/background" in majority
     table = (run / "results.md").read_text()
-    assert "| sdci † |" in table and "† SDCI with random CLIP/DINO weights" in table
+    assert "| d2ls (failed) † |" in table and "† failed: LightningCLI rejected" in table
+    assert "| sdci †† |" in table and "†† SDCI with random CLIP/DINO weights" in table
     assert "Scored on the val split" in table

@@ -126,7 +126,10 @@ def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
     for row in rows:
         params = row.get("params")
         method = row["method"]
-        if row.get("note"):
+        if row.get("failed"):
+            notes.append(f"failed: {row['failed']}")
+            method += " (failed) " + "†" * len(notes)
+        elif row.get("note"):
             notes.append(row["note"])
             method += " " + "†" * len(notes)
         cells = [method, *(_fmt(row.get(k, float("nan"))) for k in metrics),

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 
 from rsseg.bench.plan import BenchPlan, load_plan, merged_config
 from rsseg.bench.refine import RefinerStages, write_coarse_maps
 from rsseg.bench.report import constant_mask_rows, environment_info, majority_class_row, write_report
-from rsseg.bench.runs import fit_and_test
+from rsseg.bench.runs import close_failed_run, fit_and_test
 from rsseg.bench.sources import resolve_prepared_root
+
+log = logging.getLogger(__name__)
 
 
 def run_method(method: str, config: Path, plan: BenchPlan, root: Path, run_dir: Path, group: str,
@@ -22,6 +25,20 @@ def run_method(method: str, config: Path, plan: BenchPlan, root: Path, run_dir: 
     if coarse_maps is not None:
         write_coarse_maps(cli, best, method, coarse_maps)
     return {"method": method, "config": str(config), **row}
+
+
+def guarded(name: str, run, *args, **kwargs) -> dict:
+    """``run(*args, **kwargs)``'s row, or on an error a row saying the run failed and why (the traceback goes
+    to the log), so one method's failure does not end the comparison."""
+    try:
+        return run(*args, **kwargs)
+    except (Exception, SystemExit) as error:  # noqa: BLE001 — reported, not raised (SystemExit: a config error)
+        log.exception("%s failed; the bench goes on with the other methods", name)
+        close_failed_run()
+        reason = f"{type(error).__name__}: {error}"
+        if isinstance(error, SystemExit):
+            reason = "LightningCLI rejected its configuration (the error is printed above the traceback)"
+        return {"method": name, "failed": reason}
 
 
 def prepared_protocol(root: Path) -> list[str]:
@@ -88,10 +105,11 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
                if plan.refiner else None)
     for method, config in plan.configs.items():
         refined = refiner is not None and method in plan.refined
-        rows.append(run_method(method, config, plan, source.prepared, run_dir, group, list(lightning_args),
-                               coarse_maps=refiner.coarse_root if refined else None))
-        if refined:
-            rows.append(refiner.run(method))
+        row = guarded(method, run_method, method, config, plan, source.prepared, run_dir, group,
+                      list(lightning_args), coarse_maps=refiner.coarse_root if refined else None)
+        rows.append(row)
+        if refined and "failed" not in row:
+            rows.append(guarded(f"{plan.refiner}({method})", refiner.run, method))
 
     meta = {
         "dataset": dataset,

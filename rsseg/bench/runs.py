@@ -94,3 +94,11 @@ def _close_loggers(trainer) -> None:
 
     if wandb.run is not None:
         wandb.finish()
+
+
+def close_failed_run() -> None:
+    """End a W&B run a failed method left open (the next method's logger would otherwise join it)."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=1)
