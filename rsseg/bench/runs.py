@@ -90,15 +90,16 @@ def _build(name: str, args: list[str], run_dir: Path, group: str):
 def _close_loggers(trainer) -> None:
     for logger in trainer.loggers:
         logger.finalize("success")
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
+    _finish_wandb()
 
 
 def close_failed_run() -> None:
     """End a W&B run a failed method left open (the next method's logger would otherwise join it)."""
+    _finish_wandb(exit_code=1)
+
+
+def _finish_wandb(exit_code: int = 0) -> None:
     import wandb
 
     if wandb.run is not None:
-        wandb.finish(exit_code=1)
+        wandb.finish(exit_code=exit_code)
