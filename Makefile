@@ -18,8 +18,13 @@ $(BIN)/rsseg: pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
+# make bench DATASET=potsdam|vaihingen|chn6cug|refsegrs|loveda [DATA_ROOT=…] [PROFILE=smoke|paper] [METHODS=unet,d2ls]
+#            [DEVICES=2 STRATEGY=ddp]   (DEVICES/STRATEGY go to every method's Lightning trainer)
 bench: install
-	$(BIN)/rsseg bench $(DATASET) --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT),)
+	$(BIN)/rsseg bench $(DATASET) --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT),) \
+		$(if $(METHODS),--methods $(METHODS),) \
+		$(if $(DEVICES)$(STRATEGY),-- $(if $(DEVICES),--trainer.devices $(DEVICES),) \
+		$(if $(STRATEGY),--trainer.strategy $(STRATEGY),),)
 
 lint: install
 	$(BIN)/ruff check rsseg tests benchmarks

@@ -21,10 +21,11 @@ import statistics
 
 import numpy as np
 import torch
-from speed_common import Records, bench_environment, peak_memory_mib, reset_peak_memory, synchronize
+from speed_common import Records, bench_environment, synchronize
 
 from rsseg.models.sdci.model import SDCI
 from rsseg.models.sdci.prompts import REMOTE_SENSING_TEMPLATES
+from rsseg.profiling import count_gflops, peak_memory_mib, reset_peak_memory
 
 TILE = 512
 CLASSES = [["impervious surfaces"], ["building"], ["low vegetation"], ["tree"], ["car"]]
@@ -65,11 +66,7 @@ def tiles(batch: int, device: str) -> torch.Tensor:
 
 
 def gflops(model: SDCI, image: torch.Tensor) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        model(image)
-    return counter.get_total_flops() / 1e9
+    return count_gflops(lambda: model(image))
 
 
 def measure(model: SDCI, image: torch.Tensor, device: str, iters: int) -> dict:

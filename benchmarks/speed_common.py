@@ -5,45 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import statistics
 import time
-from importlib.metadata import version
 
 import torch
 
-from rsseg.bench.report import environment_info
+from rsseg.manifest import device_info, git_revision, package_versions
+from rsseg.profiling import peak_memory_mib, reset_peak_memory
 
 
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def reset_peak_memory(device: str) -> None:
-    """Start a fresh peak: the CUDA allocator's, or on Linux the process's RSS high-water mark (clear_refs 5)."""
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:  # not Linux: the peak stays a running maximum over the process
-        pass
-
-
-def peak_memory_mib(device: str) -> float:
-    """``torch.cuda.max_memory_allocated`` on a GPU; the process's peak RSS since the last reset on a CPU."""
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def autocast(device: str, precision: str):
@@ -88,8 +61,8 @@ def train_and_infer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tr
 
 def bench_environment(device: str) -> dict:
     """Device, load and versions recorded with every record."""
-    return {**environment_info(), "bench_device": device, "cpu_count": os.cpu_count(),
-            "load_avg_1min": round(os.getloadavg()[0], 2), "timm": version("timm")}
+    return {**device_info(), "versions": package_versions(), "git": git_revision(), "bench_device": device,
+            "load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
 class Records(list):

@@ -1,11 +1,18 @@
-"""Lightning callbacks for cross-cutting concerns (timing)."""
+"""Lightning callbacks for cross-cutting concerns: inference speed, memory and FLOPs, evaluation samples."""
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import Any
 
+import numpy as np
 import torch
 from lightning import Callback
+
+from rsseg.profiling import count_gflops, peak_memory_mib, reset_peak_memory
+
+log = logging.getLogger(__name__)
 
 
 def _synchronize(pl_module) -> None:
@@ -13,54 +20,167 @@ def _synchronize(pl_module) -> None:
         torch.cuda.synchronize(pl_module.device)
 
 
-class InferenceTimer(Callback):
-    """Measures the model time of the last test loop (``stage="validate"``: of the last validation loop),
-    data loading excluded, and counts its images, for images/s."""
+def first_samples(batch: Any, n: int = 1) -> Any:
+    """The first ``n`` samples of a batch dict (tensors, lists and nested dicts sliced along the batch)."""
+    if isinstance(batch, dict):
+        return {k: first_samples(v, n) for k, v in batch.items()}
+    if isinstance(batch, torch.Tensor | list | tuple) and len(batch) > 0:
+        return batch[:n]
+    return batch
+
+
+def _cloned(batch: Any) -> Any:
+    """A copy of a batch made where it runs (outside inference mode, its tensors are ordinary ones)."""
+    if isinstance(batch, dict):
+        return {k: _cloned(v) for k, v in batch.items()}
+    return batch.clone() if isinstance(batch, torch.Tensor) else batch
+
+
+class _EvaluationHooks(Callback):
+    """Routes the test loop (``stage="test"``) or the validation loop (``"validate"``) to ``_start``,
+    ``_batch_start``, ``_batch_end`` and ``_end``."""
 
     def __init__(self, stage: str = "test") -> None:
         if stage not in ("test", "validate"):
             raise ValueError(f"stage must be 'test' or 'validate', got {stage!r}")
         self.stage = stage
-        self.seconds = 0.0
-        self.images = 0
-        self._start = 0.0
 
-    def _epoch_start(self) -> None:
-        self.seconds, self.images = 0.0, 0
+    def _start(self, trainer, pl_module) -> None: ...
+    def _batch_start(self, pl_module, batch) -> None: ...
+    def _batch_end(self, trainer, pl_module, outputs, batch) -> None: ...
+    def _end(self, trainer, pl_module) -> None: ...
 
-    def _batch_start(self, pl_module) -> None:
-        _synchronize(pl_module)
-        self._start = time.perf_counter()
-
-    def _batch_end(self, pl_module, batch) -> None:
-        _synchronize(pl_module)
-        self.seconds += time.perf_counter() - self._start
-        self.images += int(batch["image"].shape[0])
+    def _active(self, trainer, stage: str) -> bool:
+        # a validation loop inside fit is not a `validate` run
+        return self.stage == stage and (stage == "test" or trainer.state.fn == "validate")
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
-        if self.stage == "test":
-            self._epoch_start()
+        if self._active(trainer, "test"):
+            self._start(trainer, pl_module)
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        if self.stage == "test":
-            self._batch_start(pl_module)
+        if self._active(trainer, "test"):
+            self._batch_start(pl_module, batch)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self.stage == "test":
-            self._batch_end(pl_module, batch)
+        if self._active(trainer, "test"):
+            self._batch_end(trainer, pl_module, outputs, batch)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if self._active(trainer, "test"):
+            self._end(trainer, pl_module)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        if self.stage == "validate":
-            self._epoch_start()
+        if self._active(trainer, "validate"):
+            self._start(trainer, pl_module)
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        if self.stage == "validate":
-            self._batch_start(pl_module)
+        if self._active(trainer, "validate"):
+            self._batch_start(pl_module, batch)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self.stage == "validate":
-            self._batch_end(pl_module, batch)
+        if self._active(trainer, "validate"):
+            self._batch_end(trainer, pl_module, outputs, batch)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._active(trainer, "validate"):
+            self._end(trainer, pl_module)
+
+
+class InferenceProfiler(_EvaluationHooks):
+    """Model time (data loading excluded) and images of the last test loop (``stage="validate"``: of the
+    last ``validate`` run), for images/s; the peak memory of that loop (CUDA allocator, or the process's
+    RSS on a CPU); and, with ``flops=True``, the GFLOPs of one image through the model's ``predict_step``
+    at the evaluated size (counted after the loop, so it cannot disturb the evaluation)."""
+
+    def __init__(self, stage: str = "test", flops: bool = True) -> None:
+        super().__init__(stage)
+        self.flops = flops
+        self.seconds = 0.0
+        self.images = 0
+        self.peak_memory_mib: float | None = None
+        self.gflops: float | None = None
+        self._start_time = 0.0
+        self._one_image = None
+
+    def _start(self, trainer, pl_module) -> None:
+        self.seconds, self.images, self._one_image = 0.0, 0, None
+        reset_peak_memory(pl_module.device)
+
+    def _batch_start(self, pl_module, batch) -> None:
+        _synchronize(pl_module)
+        self._start_time = time.perf_counter()
+
+    def _batch_end(self, trainer, pl_module, outputs, batch) -> None:
+        _synchronize(pl_module)
+        self.seconds += time.perf_counter() - self._start_time
+        self.images += int(batch["image"].shape[0])
+        if self.flops and self._one_image is None:
+            self._one_image = first_samples(batch)
+
+    def _end(self, trainer, pl_module) -> None:
+        self.peak_memory_mib = round(peak_memory_mib(pl_module.device), 1)
+        if self._one_image is not None:
+            try:
+                self.gflops = round(count_gflops(lambda: pl_module.predict_step(_cloned(self._one_image), 0)), 3)
+            except Exception as error:  # noqa: BLE001 — a FLOP count is a nicety; never lose the evaluation
+                log.warning("could not count the FLOPs of %s: %s", type(pl_module).__name__, error)
+            self._one_image = None
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+class EvaluationSamples(_EvaluationHooks):
+    """Keeps the first ``num_samples`` images of an evaluation run with their target and prediction (the
+    ``pred`` that the task's test/validation step returns), for prediction panels and W&B images.
+
+    Each sample: ``id``, ``image`` (H×W×3 uint8, de-normalised with the datamodule's statistics; the first
+    three bands of multi-band images), ``target`` and ``pred`` (H×W int64), and ``text`` where the batch
+    has sentences (referring segmentation). Only rank 0 keeps samples.
+    """
+
+    def __init__(self, num_samples: int = 4, stage: str = "test") -> None:
+        super().__init__(stage)
+        self.num_samples = num_samples
+        self.samples: list[dict] = []
+        self.classes: list[str] = []
+        self.palette: list[tuple[int, int, int]] = []
+
+    def _start(self, trainer, pl_module) -> None:
+        self.samples = []
+        spec = getattr(trainer.datamodule, "spec", None)
+        if spec is not None and getattr(spec, "classes", None):
+            self.classes, self.palette = list(spec.classes), [tuple(c) for c in spec.palette]
+        else:  # referring segmentation: the referred object or not
+            self.classes, self.palette = ["background", "target"], [(0, 0, 0), (255, 255, 255)]
+
+    def _batch_end(self, trainer, pl_module, outputs, batch) -> None:
+        if not trainer.is_global_zero or len(self.samples) >= self.num_samples:
+            return
+        if not isinstance(outputs, dict) or "pred" not in outputs:
+            return
+        from rsseg.tasks.segmentation import data_statistics
+
+        images = batch["image"]
+        if images.is_floating_point():
+            mean, std = data_statistics(trainer.datamodule, images.device)
+            images = ((images * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+        ids = _sample_ids(batch, len(images))
+        texts = batch.get("text")
+        for i in range(min(len(images), self.num_samples - len(self.samples))):
+            sample = {
+                "id": ids[i],
+                "image": images[i, :3].permute(1, 2, 0).cpu().numpy(),
+                "target": batch["mask"][i].cpu().numpy().astype(np.int64),
+                "pred": outputs["pred"][i].cpu().numpy().astype(np.int64),
+            }
+            if texts is not None:
+                sample["text"] = texts[i]
+            self.samples.append(sample)
+
+
+def _sample_ids(batch: dict, n: int) -> list[str]:
+    ids = (batch.get("meta") or {}).get("id")
+    return [str(v) for v in ids] if ids is not None else [str(i) for i in range(n)]

@@ -12,8 +12,8 @@ import inspect
 import logging
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
-from unittest.mock import patch
 
 LIGHTNING_COMMANDS = {
     "fit": "train a model (LightningCLI; see `rsseg fit --help`)",
@@ -30,24 +30,38 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
 
     import rsseg.data  # noqa: F401  (short class names in configs)
     import rsseg.tasks  # noqa: F401
+    from rsseg.tracking import RecordedConfig, WandbEvaluationLogger, default_logger
 
     class RssegCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
-    # LightningCLI reads ``args``; sys.argv may hold another command's arguments (bench, pytest).
-    with patch.object(sys, "argv", sys.argv[:1]):
-        return RssegCLI(
-            LightningModule,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            seed_everything_default=42,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            args=list(args),
-            run=run,
-        )
+        def instantiate_trainer(self, **kwargs):
+            """W&B is the default logger (Lightning's would be TensorBoard/CSV): see :mod:`rsseg.tracking`."""
+            trainer = self._get(self.config_init, "trainer", default={})
+            if trainer.get("logger") in (None, True) and "logger" not in kwargs:
+                kwargs["logger"] = default_logger(self.model, self.datamodule, trainer.get("default_root_dir"),
+                                                  self.subcommand)
+            return super().instantiate_trainer(**kwargs)
+
+    # LightningCLI parses ``args``, never sys.argv: sys.argv stays the process's own, which Lightning's DDP
+    # launcher re-executes for the other ranks (`rsseg fit …` and `rsseg bench …` alike). In-process callers
+    # (the bench, tests) have other arguments there, which LightningCLI would warn about.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+    return RssegCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=42,
+        save_config_callback=RecordedConfig,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [WandbEvaluationLogger(stage="test"),
+                                        WandbEvaluationLogger(stage="validate")]},
+        auto_configure_optimizers=False,
+        args=list(args),
+        run=run,
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -90,9 +104,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "refiner (IDGBR) wraps the methods' datamodules, so it takes its own: --refiner-args for its runs, "
         "--refiner-stage-args for its label embedding and VAE stages.",
     )
-    bench.add_argument("dataset", choices=sorted(DATAMODULES), help="dataset with a plan in experiments/bench/")
+    bench.add_argument("dataset", choices=sorted(DATAMODULES), type=_dataset_key,
+                       help="dataset with a plan in experiments/bench/")
     bench.add_argument("--data-root", default=None, help="raw or prepared root (default: synthetic data)")
-    bench.add_argument("--profile", default="smoke", help="experiment profile (default: smoke)")
+    bench.add_argument("--profile", default="smoke",
+                       help="smoke (minutes on a CPU, offline small models) or paper (the papers' schedules and "
+                       "models); default: smoke")
     bench.add_argument("--methods", default=None, help="comma-separated subset of methods")
     bench.add_argument("--out", default="results/bench", help="results folder")
     bench.add_argument("--cache", default=".cache/rsseg", help="folder for synthetic and prepared data")
@@ -101,6 +118,11 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--refiner-stage-args", default="", type=shlex.split, metavar="ARGS",
                        help="LightningCLI arguments of the refiner's label embedding and VAE stages")
     return parser
+
+
+def _dataset_key(name: str) -> str:
+    """A dataset's key; also accepts the configs' file spelling (``chn6_cug`` for ``chn6cug``)."""
+    return name.lower().replace("_", "")
 
 
 def _log_to_stderr() -> None:
@@ -116,7 +138,12 @@ def _log_to_stderr() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        _lightning_cli(argv)
+        from rsseg.tracking import finish_wandb_run
+
+        try:
+            _lightning_cli(argv)
+        finally:
+            finish_wandb_run()
         return 0
     _log_to_stderr()
     parser = _build_parser()

@@ -13,12 +13,15 @@ import tifffile
 
 from rsseg.bench import sources
 from rsseg.bench.plan import PlanError, load_plan
-from rsseg.bench.report import REFERRING_HEADLINE, metric_columns, plotted_metrics, write_report
+from rsseg.bench.report import REFERRING_HEADLINE, headline_metrics, metric_columns, write_report
 from rsseg.bench.runner import SYNTHETIC_BANNER, run_bench
-from rsseg.bench.runs import wandb_mode
+from rsseg.bench.runs import Tracking
 from rsseg.cli import main
 from rsseg.data.synthetic import write_synthetic_potsdam, write_synthetic_refsegrs
+from rsseg.manifest import data_checksum, git_revision
+from rsseg.tracking import wandb_mode
 from tests.conftest import TINY_TILES
+from tests.wandb_offline import offline_runs
 
 TINY_RUN = [
     "--data.init_args.crop_size", "64", "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
@@ -61,12 +64,39 @@ def test_bench_on_synthetic_default(tmp_path, monkeypatch, capsys):
         written = sorted(p.stem for p in (run / "coarse" / "unet" / split).iterdir())
         assert written == sorted(p.stem for p in (prepared / split / "images").iterdir())
     assert refined["test_images"] == unet["test_images"] == len(written)
+    for row in (unet, refined):
+        assert row["gflops"] > 0 and row["peak_memory_mib"] > 0
+        assert row["seed"] == 42 and row["protocol"] == "unetformer"
+    assert refined["gflops"] > unet["gflops"]  # the refiner's sampling runs a UNet several times per image
+
+    # the reproducibility manifest, and every run (the summary too) in the dataset's W&B group
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest == payload["meta"]["manifest"]
+    assert manifest["git"]["commit"] == git_revision()["commit"]
+    assert manifest["data_checksum"] == data_checksum(prepared)
+    assert manifest["methods"]["unet"]["config"].endswith("experiments/unet/potsdam.yaml")
+    assert manifest["methods"]["idgbr(unet)"]["protocol"] == "unetformer"
+    runs = {r.name: r for r in offline_runs(run)}
+    assert set(runs) == {"unet", "idgbr-label-embedding", "idgbr-vae", "idgbr(unet)", "bench-potsdam-summary"}
+    for name, logged in runs.items():
+        assert logged.group == "potsdam" and f"bench-{run.name}" in logged.tags, name
+    assert {"unet", "unetformer"} <= set(runs["unet"].tags) and "idgbr" in runs["idgbr(unet)"].tags
+    summary = runs["bench-potsdam-summary"]
+    assert summary.job_type == "bench-summary" and summary.config["manifest"] == manifest
+    comparison = summary.table("comparison")
+    assert [r[0] for r in comparison["data"]] == methods
+    for key in ("mIoU", "boundary_WF", "gflops"):
+        column = comparison["columns"].index(key)
+        assert [r[column] for r in comparison["data"]] == [r.get(key) for r in payload["rows"]], key
+    assert summary.summary["unet/mIoU"] == unet["mIoU"]
     rows = list(csv.DictReader(open(run / "results.csv")))
     assert [r["method"] for r in rows] == methods
     table = (run / "results.md").read_text()
     assert "Synthetic data" in table and "| unet |" in table and "| idgbr(unet) |" in table
     assert "| mWFm | boundary_WF |" in table
-    assert (run / "comparison.png").stat().st_size > 0
+    for picture in ("bar_mIoU.png", "bar_boundary_WF.png", "per_class_iou.png", "speed_accuracy.png",
+                    "qualitative.png"):
+        assert (run / picture).stat().st_size > 0, picture
     # The synthetic raw data and its preparation are cached and reused by the next run.
     assert (tmp_path / "cache" / "synthetic" / "potsdam" / "2_Ortho_RGB").is_dir()
     again = sources.resolve_prepared_root("potsdam", None, tmp_path / "cache", {"patch_size": 512})
@@ -179,7 +209,9 @@ def test_bench_refsegrs_compares_lavt_and_danet_with_constant_masks(tiny_refsegr
     assert "| method | oIoU | mIoU | Pr@0.5 | Pr@0.6 | Pr@0.7 | Pr@0.8 | Pr@0.9 | params (M) |" in table
     assert "mF1" not in table and "| all background | 0.00 | 0.00 |" in table
     assert [r["method"] for r in csv.DictReader(open(run / "results.csv"))] == list(rows)
-    assert (run / "comparison.png").stat().st_size > 0
+    for picture in ("bar_oIoU.png", "bar_Pr0.9.png", "speed_accuracy.png", "qualitative.png"):
+        assert (run / picture).stat().st_size > 0, picture
+    assert not (run / "per_class_iou.png").exists()  # referring rows have no classes
 
 
 def test_datasets_without_preparer_are_read_as_released(tmp_path):
@@ -201,10 +233,11 @@ REFERRING_ROWS = [{"method": "danet", "oIoU": 0.55, "mIoU": 0.5, **{f"Pr@{t}": 0
 
 def test_report_columns_follow_the_task(tmp_path):
     assert metric_columns("semantic", SEMANTIC_ROWS) == ["mIoU", "mF1", "OA", "Kappa", "IoU/building", "IoU/car"]
-    assert plotted_metrics("semantic", SEMANTIC_ROWS) == ["mIoU", "IoU/building", "IoU/car"]
+    assert headline_metrics("semantic", [*SEMANTIC_ROWS, {"method": "x", "boundary_WF": 0.1}]) == [
+        "mIoU", "mF1", "OA", "Kappa", "boundary_WF"]
     assert metric_columns("referring", REFERRING_ROWS) == list(REFERRING_HEADLINE) == [
         "oIoU", "mIoU", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9"]
-    assert plotted_metrics("referring", REFERRING_ROWS) == list(REFERRING_HEADLINE)
+    assert headline_metrics("referring", REFERRING_ROWS) == list(REFERRING_HEADLINE)
     with pytest.raises(ValueError, match="unknown bench task 'detection'"):
         metric_columns("detection", SEMANTIC_ROWS)
 
@@ -227,7 +260,7 @@ def test_report_columns_follow_the_task(tmp_path):
 
 
 @pytest.mark.parametrize("dataset", ["potsdam", "vaihingen", "chn6cug", "loveda"])
-@pytest.mark.parametrize("profile", ["smoke", "full"])
+@pytest.mark.parametrize("profile", ["smoke", "paper"])
 def test_every_bench_run_parses(dataset, profile, tmp_path, capsys):
     """Each method, refiner, label-embedding and VAE run of a plan parses as LightningCLI gets it."""
     from rsseg.bench.refine import RefinerStages
@@ -236,7 +269,7 @@ def test_every_bench_run_parses(dataset, profile, tmp_path, capsys):
     root = str(tmp_path / "data")
     runs = [[*plan.config_args(m), "--data.init_args.root", root] for m in plan.configs]
     if plan.refiner:
-        stages = RefinerStages(plan, tmp_path / "data", tmp_path / "run", "group")
+        stages = RefinerStages(plan, tmp_path / "data", tmp_path / "run", Tracking("group"))
         runs += [[*plan.refiner_args(), "--data.init_args.data.init_args.root", root, "--data.init_args.coarse",
                   str(tmp_path / "run/coarse/unet")], plan.label_embedding_args()]
         if plan.refiner_vae is not None:

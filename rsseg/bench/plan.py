@@ -8,7 +8,8 @@ smoke run's steps and crops) and a per-method one (``method_config: smoke.yaml``
 
 ``evaluate: validate`` scores the val split where test labels are private (LoveDA); default ``test``.
 
-``refiner: idgbr`` adds a refined row after each method (or each of ``refine: [...]``): IDGBR trained and
+``refiner: idgbr`` adds a refined row after each method (or each of ``refine: [...]``, which a profile may
+narrow, e.g. the smoke profile refines one coarse baseline): IDGBR trained and
 tested on that method's coarse
 maps (``experiments/idgbr/<config_name>.yaml`` + the profile's ``idgbr/<method_config>``; the dataset
 override is not applied, since the refiner wraps the datamodule). Its label embedding network comes first
@@ -123,7 +124,7 @@ def load_plan(dataset: str, profile: str, methods: list[str] | None = None,
         if refiner not in REFINERS:
             raise PlanError(f"{path}: unknown refiner {refiner!r}; choose one of {list(REFINERS)}")
         folder, extra = experiments / refiner, chosen.get("method_config")
-        refined = tuple(plan.get("refine") or known)
+        refined = tuple(chosen.get("refine") or plan.get("refine") or known)
         if set(refined) - set(known):
             raise PlanError(f"{path}: refine lists methods {sorted(set(refined) - set(known))} that are not in "
                             f"the plan's methods {known}")

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from rsseg.bench.plan import BenchPlan, merged_config
-from rsseg.bench.runs import fit_and_test, fit_stage
+from rsseg.bench.runs import Tracking, fit_and_test, fit_stage
 from rsseg.data.coarse import read_record
 
 log = logging.getLogger(__name__)
@@ -44,15 +44,16 @@ def write_coarse_maps(cli, checkpoint: str, name: str, output_root: Path) -> Pat
 class RefinerStages:
     """IDGBR across one bench run: its shared stages fitted on first use, then one refined row per method."""
 
-    def __init__(self, plan: BenchPlan, root: Path, run_dir: Path, group: str, refiner_args: list[str] = (),
+    def __init__(self, plan: BenchPlan, root: Path, run_dir: Path, tracking: Tracking, refiner_args: list[str] = (),
                  stage_args: list[str] = ()) -> None:
-        self.plan, self.root, self.run_dir, self.group = plan, Path(root), Path(run_dir), group
+        self.plan, self.root, self.run_dir, self.tracking = plan, Path(root), Path(run_dir), tracking
         self.refiner_args, self.stage_args = list(refiner_args), list(stage_args)
         self.coarse_root = self.run_dir
         self._shared_args: list[str] | None = None
 
-    def run(self, method: str) -> dict:
-        """Fit and test the refiner on ``method``'s coarse maps (written by ``write_coarse_maps``)."""
+    def run(self, method: str) -> tuple[dict, list[dict]]:
+        """Fit and test the refiner on ``method``'s coarse maps (written by ``write_coarse_maps``): its row
+        and its first test samples."""
         name = f"{self.plan.refiner}({method})"
         folder = self.coarse_root / "coarse" / method
         record = read_record(folder)
@@ -63,8 +64,8 @@ class RefinerStages:
         args = [*self.plan.refiner_args(), "--data.init_args.data.init_args.root", str(self.root),
                 "--data.init_args.data.init_args.protocol", protocol, "--data.init_args.coarse", str(folder),
                 *self.shared_args(protocol), *self.refiner_args]
-        row, _, _ = fit_and_test(name, args, self.run_dir, self.group)
-        return {"method": name, "refines": method, "config": str(self.plan.refiner_configs[0]), **row}
+        row, _, _, samples = fit_and_test(name, args, self.run_dir, self.tracking)
+        return {"method": name, "refines": method, "config": str(self.plan.refiner_configs[0]), **row}, samples
 
     def shared_args(self, protocol: str) -> list[str]:
         """``--model.init_args`` for the label embedding (and VAE) checkpoints, fitted on the first call
@@ -78,7 +79,7 @@ class RefinerStages:
 
     def _fit_label_embedding(self) -> str:
         checkpoint = fit_stage(f"{self.plan.refiner}-label-embedding",
-                                  [*self.plan.label_embedding_args(), *self.stage_args], self.run_dir, self.group)
+                                  [*self.plan.label_embedding_args(), *self.stage_args], self.run_dir, self.tracking)
         if not checkpoint:
             raise RuntimeError(f"the label embedding stage ({self.plan.label_embedding_configs[0]}) saved no "
                                "checkpoint; give its config a ModelCheckpoint callback")
@@ -87,7 +88,7 @@ class RefinerStages:
     def _fit_vae(self, embedding: str, protocol: str) -> str:
         export = self.run_dir / f"{self.plan.refiner}-vae" / "vae"
         fit_stage(f"{self.plan.refiner}-vae", [*self.vae_args(embedding, protocol, export), *self.stage_args],
-                  self.run_dir, self.group)
+                  self.run_dir, self.tracking)
         return str(export)
 
     def vae_args(self, embedding: str, protocol: str, export: Path) -> list[str]:

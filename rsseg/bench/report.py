@@ -9,9 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import platform
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -19,49 +17,33 @@ import torch
 
 @dataclass(frozen=True)
 class TaskColumns:
-    """What the comparison shows for one task: metric columns, plotted bars and how to read them."""
+    """What the comparison shows for one task: metric columns (each also a bar chart) and how to read them."""
 
     headline: tuple[str, ...]  # table metrics, before any per-class IoU
-    plotted: tuple[str, ...]  # bars per method, before any per-class IoU
     note: str  # under the title: what the numbers mean
-    y_label: str
-    optional: tuple[str, ...] = ()  # table and plot metrics shown when some row has them
+    optional: tuple[str, ...] = ()  # headline metrics shown when some row has them
 
 
 REFERRING_HEADLINE = ("oIoU", "mIoU", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9")
 TASK_COLUMNS = {
     "semantic": TaskColumns(
         headline=("mIoU", "mF1", "OA", "Kappa"),
-        plotted=("mIoU",),
         note="Metrics in %; per-class columns are IoU. mIoU/mF1 leave out the dataset's excluded classes; "
         "OA counts all classes. mWFm: mean per-class weighted F-measure; boundary_WF: IDGBR's class-agnostic "
         "boundary WF-measure (3 px band). A refiner's row idgbr(<method>) follows the method it refines.",
-        y_label="score (%)",
         optional=("mWFm", "boundary_WF"),
     ),
     "referring": TaskColumns(
         headline=REFERRING_HEADLINE,
-        plotted=REFERRING_HEADLINE,
         note="Metrics in %, over every test expression at the datamodule's image size: oIoU = total "
         "intersection / total union, mIoU = mean per-expression IoU, Pr@X = share of expressions with "
         "IoU ≥ X. Native-resolution scores, when the run has them, are the native/… columns of results.csv.",
-        y_label="score (%)",
     ),
 }
 
 
-def environment_info() -> dict:
-    cuda = torch.cuda.is_available()
-    return {
-        "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()})",
-        "cpu_threads": torch.get_num_threads(),
-        "versions": {p: version(p) for p in ("rsseg", "torch", "lightning", "torchmetrics",
-                                               "segmentation-models-pytorch")},
-        "python": platform.python_version(),
-    }
-
-
-def _per_class(rows: list[dict], kind: str) -> list[str]:
+def per_class_columns(rows: list[dict], kind: str) -> list[str]:
+    """The ``<kind>/<class>`` keys of the rows (``kind``: IoU, F1, …), in first-seen order."""
     names: list[str] = []
     for row in rows:
         names += [k for k in row if k.startswith(f"{kind}/") and k not in names]
@@ -74,20 +56,15 @@ def task_columns(task: str) -> TaskColumns:
     return TASK_COLUMNS[task]
 
 
+def headline_metrics(task: str, rows: list[dict]) -> list[str]:
+    """The task's headline metrics and the optional ones some row has."""
+    columns = task_columns(task)
+    return [*columns.headline, *(k for k in columns.optional if any(k in row for row in rows))]
+
+
 def metric_columns(task: str, rows: list[dict]) -> list[str]:
-    """The table's metric columns: the task's headline and the optional metrics the rows have, then any
-    per-class IoU."""
-    return [*task_columns(task).headline, *_present(task, rows), *_per_class(rows, "IoU")]
-
-
-def plotted_metrics(task: str, rows: list[dict]) -> list[str]:
-    """The plot's bars per method: the task's plotted headline and present optional metrics, then any
-    per-class IoU."""
-    return [*task_columns(task).plotted, *_present(task, rows), *_per_class(rows, "IoU")]
-
-
-def _present(task: str, rows: list[dict]) -> list[str]:
-    return [k for k in task_columns(task).optional if any(k in row for row in rows)]
+    """The table's metric columns: the headline metrics, then any per-class IoU."""
+    return [*headline_metrics(task, rows), *per_class_columns(rows, "IoU")]
 
 
 def _label(key: str) -> str:
@@ -100,21 +77,26 @@ def _fmt(value) -> str:
     return str(value)
 
 
+# What each method costs, after its metrics: parameters, GFLOPs of one image at the evaluated size, training
+# time, inference images/s and the evaluation's peak memory (CUDA allocator, or process RSS on a CPU).
+COST_COLUMNS = ("params", "gflops", "train_time_s", "inference_img_per_s", "peak_memory_mib")
+
+
 def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
-    """results.{json,csv,md} and comparison.png; ``meta["task"]`` picks the columns (see TASK_COLUMNS)."""
+    """results.{json,csv,md}; ``meta["task"]`` picks the columns (see TASK_COLUMNS)."""
     run_dir = Path(run_dir)
     task = meta["task"]
     (run_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
     metrics = metric_columns(task, rows)
-    columns = ["method", *metrics, *_per_class(rows, "F1"), "params", "train_time_s", "inference_img_per_s"]
+    columns = ["method", *metrics, *per_class_columns(rows, "F1"), *COST_COLUMNS]
     columns += sorted({k for row in rows for k in row} - set(columns))
     with open(run_dir / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
-    head = ["method", *map(_label, metrics), "params (M)", "train (s)", "img/s"]
+    head = ["method", *map(_label, metrics), "params (M)", "GFLOPs", "train (s)", "img/s", "peak MiB"]
     lines = [f"# rsseg bench: {meta['dataset']} ({meta['profile']} profile)", ""]
     if meta.get("synthetic"):
         lines += ["> **Synthetic data.** These numbers come from rsseg's synthetic twin of the dataset, "
@@ -134,40 +116,14 @@ def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
             method += " " + "†" * len(notes)
         cells = [method, *(_fmt(row.get(k, float("nan"))) for k in metrics),
                  f"{params / 1e6:.2f}" if params else "–",
-                 _fmt_plain(row.get("train_time_s")), _fmt_plain(row.get("inference_img_per_s"))]
+                 *(_fmt_plain(row.get(k)) for k in COST_COLUMNS[1:])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"{'†' * (i + 1)} {note}" for i, note in enumerate(notes)] if notes else []
     (run_dir / "results.md").write_text("\n".join(lines) + "\n")
-    plot_comparison(run_dir / "comparison.png", rows, plotted_metrics(task, rows), task_columns(task).y_label, meta)
 
 
 def _fmt_plain(value) -> str:
     return "–" if value is None else f"{value:g}"
-
-
-def plot_comparison(path: Path, rows: list[dict], keys: list[str], y_label: str, meta: dict) -> None:
-    """Grouped bars: one group per metric in ``keys``, one bar per row (method)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [_label(k) for k in keys]
-    width = 0.8 / max(len(rows), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels)), 4))
-    for i, row in enumerate(rows):
-        values = [100 * float(row.get(k, float("nan"))) for k in keys]
-        ax.bar([j + i * width for j in range(len(keys))], values, width, label=row["method"])
-    ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(keys))], labels, rotation=20)
-    ax.set_ylabel(y_label)
-    ax.set_ylim(0, 100)
-    title = f"{meta['dataset']} — {meta['profile']} profile"
-    ax.set_title(title + (" (SYNTHETIC DATA)" if meta.get("synthetic") else ""))
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def majority_class_row(dataset: str, root: Path, split: str = "test") -> dict:

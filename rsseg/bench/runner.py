@@ -2,34 +2,40 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime
 from pathlib import Path
 
 from rsseg.bench.plan import BenchPlan, load_plan, merged_config
+from rsseg.bench.plots import write_plots
 from rsseg.bench.refine import RefinerStages, write_coarse_maps
-from rsseg.bench.report import constant_mask_rows, environment_info, majority_class_row, write_report
-from rsseg.bench.runs import close_failed_run, fit_and_test
+from rsseg.bench.report import constant_mask_rows, majority_class_row, write_report
+from rsseg.bench.runs import Tracking, announce, close_failed_run, fit_and_test
 from rsseg.bench.sources import resolve_prepared_root
+from rsseg.bench.summary import log_summary_run
+from rsseg.manifest import data_checksum, run_manifest
 
 log = logging.getLogger(__name__)
 
 
-def run_method(method: str, config: Path, plan: BenchPlan, root: Path, run_dir: Path, group: str,
-               lightning_args: list[str] = (), coarse_maps: Path | None = None) -> dict:
+def run_method(method: str, config: Path, plan: BenchPlan, root: Path, run_dir: Path, tracking: Tracking,
+               lightning_args: list[str] = (), coarse_maps: Path | None = None):
     """Fit then test one method through the same LightningCLI that ``rsseg fit`` uses; with
-    ``coarse_maps``, then write its predictions of every split there as coarse maps for the refiner."""
+    ``coarse_maps``, then write its predictions of every split there as coarse maps for the refiner.
+    Its row and its first test samples."""
     args = [*plan.config_args(method), "--data.init_args.root", str(root), *prepared_protocol(root),
             *lightning_args]
-    row, cli, best = fit_and_test(method, args, run_dir, group, plan.evaluate)
+    row, cli, best, samples = fit_and_test(method, args, run_dir, tracking, plan.evaluate)
     if coarse_maps is not None:
+        announce(method, "writing coarse maps for the refiner")
         write_coarse_maps(cli, best, method, coarse_maps)
-    return {"method": method, "config": str(config), **row}
+    return {"method": method, "config": str(config), **row}, samples
 
 
-def guarded(name: str, run, *args, **kwargs) -> dict:
-    """``run(*args, **kwargs)``'s row, or on an error a row saying the run failed and why (the traceback goes
-    to the log), so one method's failure does not end the comparison."""
+def guarded(name: str, run, *args, **kwargs) -> tuple[dict, object]:
+    """``run(*args, **kwargs)``'s row and samples, or on an error a row saying the run failed and why (the
+    traceback goes to the log) and no samples, so one method's failure does not end the comparison."""
     try:
         return run(*args, **kwargs)
     except (Exception, SystemExit) as error:  # noqa: BLE001 — reported, not raised (SystemExit: a config error)
@@ -38,7 +44,7 @@ def guarded(name: str, run, *args, **kwargs) -> dict:
         reason = f"{type(error).__name__}: {error}"
         if isinstance(error, SystemExit):
             reason = "LightningCLI rejected its configuration (the error is printed above the traceback)"
-        return {"method": name, "failed": reason}
+        return {"method": name, "failed": reason}, None
 
 
 def prepared_protocol(root: Path) -> list[str]:
@@ -98,18 +104,23 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
         print(SYNTHETIC_BANNER.format(dataset=dataset), flush=True)
     run_dir = Path(out) / dataset / datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=False)
-    group = f"bench-{dataset}-{run_dir.name}"
+    tracking = Tracking(group=dataset, tags=(f"bench-{run_dir.name}", f"profile-{profile}"))
 
     rows = reference_rows(plan, source.prepared)
-    refiner = (RefinerStages(plan, source.prepared, run_dir, group, list(refiner_args), list(refiner_stage_args))
+    samples: dict[str, object] = {}
+    refiner = (RefinerStages(plan, source.prepared, run_dir, tracking, list(refiner_args), list(refiner_stage_args))
                if plan.refiner else None)
-    for method, config in plan.configs.items():
+    for i, (method, config) in enumerate(plan.configs.items(), 1):
+        print(f"\n==> rsseg bench {dataset}: method {i}/{len(plan.configs)}: {method}", flush=True)
         refined = refiner is not None and method in plan.refined
-        row = guarded(method, run_method, method, config, plan, source.prepared, run_dir, group,
-                      list(lightning_args), coarse_maps=refiner.coarse_root if refined else None)
+        row, samples[method] = guarded(method, run_method, method, config, plan, source.prepared, run_dir,
+                                       tracking, list(lightning_args),
+                                       coarse_maps=refiner.coarse_root if refined else None)
         rows.append(row)
         if refined and "failed" not in row:
-            rows.append(guarded(f"{plan.refiner}({method})", refiner.run, method))
+            name = f"{plan.refiner}({method})"
+            row, samples[name] = guarded(name, refiner.run, method)
+            rows.append(row)
 
     meta = {
         "dataset": dataset,
@@ -120,13 +131,46 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
         "data_root": str(source.prepared),
         "raw_root": str(source.raw) if source.raw else None,
         "created": datetime.now().isoformat(timespec="seconds"),
-        **environment_info(),
     }
+    manifest = bench_manifest(plan, source, rows)
+    meta |= {"device": manifest["device"], "manifest": manifest}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     write_report(run_dir, rows, meta)
+    panel = qualitative_samples(samples)
+    plots = write_plots(run_dir, rows, meta, **panel)
+    log_summary_run(run_dir, rows, meta, manifest, plots, tracking)
     if source.synthetic:
         print(SYNTHETIC_BANNER.format(dataset=dataset), flush=True)
     print(f"results: {run_dir}", flush=True)
     return run_dir
+
+
+def bench_manifest(plan: BenchPlan, source, rows: list[dict]) -> dict:
+    """The reproducibility manifest of the bench: code, libraries, device, data checksum, and per method its
+    config files, seed and protocol (as the runs recorded them)."""
+    manifest = run_manifest()
+    manifest["data_root"] = str(source.prepared)
+    manifest["data_checksum"] = data_checksum(source.prepared)
+    manifest["methods"] = {row["method"]: {k: row[k] for k in ("config", "seed", "protocol", "checkpoint") if k in row}
+                           for row in rows if "config" in row or "failed" in row}
+    manifest["plan"] = {"dataset": plan.dataset, "profile": plan.profile, "evaluate": plan.evaluate}
+    return manifest
+
+
+def qualitative_samples(samples: dict[str, object]) -> dict:
+    """The prediction panel's inputs: the first method's samples, each with every method's prediction of the
+    same image (matched by id); empty when no method kept samples."""
+    kept = {name: s for name, s in samples.items() if s is not None and s.samples}
+    if not kept:
+        return {}
+    first = next(iter(kept.values()))
+    panel = []
+    for sample in first.samples:
+        predictions = {name: p["pred"] for name, s in kept.items() for p in s.samples if p["id"] == sample["id"]
+                       and p["pred"].shape == sample["target"].shape}
+        panel.append({"id": sample["id"] + (f": {sample['text']}" if sample.get("text") else ""),
+                      "image": sample["image"], "target": sample["target"], "predictions": predictions})
+    return {"samples": panel, "palette": first.palette, "class_names": first.classes}
 
 
 SYNTHETIC_BANNER = """

@@ -12,7 +12,7 @@ from torch import nn
 from rsseg.metrics import ReferringMetrics
 from rsseg.models.danet import DANet, DANetOutput, affinity_alignment_loss
 from rsseg.models.lavt import DEFAULT_SWIN, DEFAULT_TEXT_ENCODER
-from rsseg.tasks.segmentation import SCHEDULERS, with_schedule
+from rsseg.tasks.segmentation import SCHEDULERS, eval_loss_metrics, log_eval_loss, with_schedule
 
 MASK_LOSSES = ("bce", "lavt_ce")
 
@@ -126,10 +126,17 @@ class DANetTask(LightningModule):
         )
         self.criterion = ReferringLoss(mask_loss, class_weights, affinity_alignment, affinity_weight,
                                        affinity_stages, alpha, affinity_reduction)
+        self.eval_losses = eval_loss_metrics()
         self.metrics = nn.ModuleDict({
             f"{stage}{suffix}": ReferringMetrics(thresholds)
             for stage in ("val", "test") for suffix in ("", "_native")
         })
+
+    @property
+    def method_name(self) -> str:
+        """``lavt`` with both alignments off (the baseline), else ``danet``."""
+        hp = self.hparams
+        return "danet" if hp.affinity_alignment or hp.agent_alignment else "lavt"
 
     def forward(self, batch: dict[str, Any]) -> DANetOutput:
         return self.net(batch["image"], batch["input_ids"], batch["attention_mask"])
@@ -141,22 +148,24 @@ class DANetTask(LightningModule):
         self.log_dict({f"train/loss_{k}": v.detach() for k, v in terms.items()}, batch_size=n)
         return total
 
-    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        """Score one batch; its predicted masks (B×H×W, 1 = referred object), for callbacks."""
         logits = self(batch).logits
         n = batch["image"].shape[0]
-        self.log(f"{stage}/loss", self.criterion.mask_term(logits[:, 0].float(), batch["mask"]), batch_size=n,
-                 sync_dist=True)
-        self.metrics[stage].update((logits[:, 0] > 0), batch["mask"])
+        log_eval_loss(self, stage, self.criterion.mask_term(logits[:, 0].float(), batch["mask"]), n)
+        pred = logits[:, 0] > 0
+        self.metrics[stage].update(pred, batch["mask"])
         if "mask_native" in batch:
             native = F.interpolate(logits.float(), size=batch["mask_native"].shape[-2:], mode="bilinear",
                                    align_corners=True)
             self.metrics[f"{stage}_native"].update(native[:, 0] > 0, batch["mask_native"])
+        return pred.long()
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"pred": self._eval_step(batch, "val")}
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"pred": self._eval_step(batch, "test")}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         return {"pred": (self(batch).logits[:, 0] > 0).to(torch.uint8), "meta": batch.get("meta")}

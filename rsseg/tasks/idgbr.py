@@ -270,6 +270,10 @@ class IDGBRTask(SegmentationTask):
             alignment = repa_loss(self.repa_projector(hidden), self._dino_model()(image))
             loss = loss + self.hparams.repa_weight * alignment
             self.log("train/loss_repa", alignment.detach(), batch_size=n)
+        elif self.repa_projector is not None:
+            # after the REPA steps the projector gets zero gradients rather than none: DDP expects every
+            # trainable parameter to take part in every step
+            loss = loss + 0.0 * sum(p.sum() for p in self.repa_projector.parameters())
         self.log("train/loss_mse", mse.detach(), batch_size=n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
@@ -289,14 +293,15 @@ class IDGBRTask(SegmentationTask):
             return self.refine(image, coarse)
         stacked = torch.cat([image, coarse.unsqueeze(1).to(image.dtype)], dim=1)
         return sliding_window_logits(lambda x: self.refine(x[:, :-1], x[:, -1].round().long()), stacked, window,
-                                     self.hparams.inference_overlap, batch_size=image.shape[0],
+                                     self.hparams.inference_overlap, batch_size=self.window_batch(image),
                                      blend=self.hparams.inference_blend)
 
-    def _eval_step(self, batch: dict[str, Any], metrics, prefix: str) -> None:
+    def _eval_step(self, batch: dict[str, Any], metrics, prefix: str) -> torch.Tensor:
         if not batch["image"].is_floating_point():
             raise ValueError("IDGBR evaluates prepared patches with their coarse maps, not whole uint8 tiles")
-        pred = self.refine_logits(batch["image"], batch["coarse"]).argmax(1)
-        self._update_metrics(pred.to(batch["mask"].device), batch["mask"], metrics, prefix)
+        pred = self.refine_logits(batch["image"], batch["coarse"]).argmax(1).to(batch["mask"].device)
+        self._update_metrics(pred, batch["mask"], metrics, prefix)
+        return pred
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         pred = self.refine_logits(batch["image"], batch["coarse"]).argmax(1).to(torch.uint8)

@@ -144,9 +144,10 @@ class SDCITask(SegmentationTask):
             mask = mask.masked_fill(mask == self.table.background, self.ignore_index)  # SDCI's protocol
         super()._update_metrics(pred, mask, metrics, prefix)
 
-    def _eval_step(self, batch: dict[str, Any], metrics, prefix: str) -> None:
-        self._update_metrics(self.predict_logits(batch["image"]).argmax(1).to(batch["mask"].device),
-                             batch["mask"], metrics, prefix)
+    def _eval_step(self, batch: dict[str, Any], metrics, prefix: str) -> torch.Tensor:
+        pred = self.predict_logits(batch["image"]).argmax(1).to(batch["mask"].device)
+        self._update_metrics(pred, batch["mask"], metrics, prefix)
+        return pred
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         raise RuntimeError("SDCI is training-free")

@@ -14,6 +14,7 @@ import torch
 from lightning import LightningModule
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
+from torchmetrics import MeanMetric
 
 from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD
 from rsseg.data.spec import IGNORE_INDEX
@@ -71,6 +72,8 @@ class SegmentationTask(LightningModule):
             (None: one forward pass over the whole input).
         inference_overlap: overlap of neighbouring windows in pixels.
         inference_blend: ``"gaussian"`` (centre-weighted) or ``"uniform"`` blending of overlaps.
+        inference_batch: windows × images per forward pass of sliding-window inference (None: the batch
+            size, one window per image); larger batches keep small models and many-window inputs busy.
         test_per_class_wfm: add per-class weighted F-measure (``WFm/<class>``, ``mWFm``) to the test
             metrics; computed in ``wfm_workers`` background threads while inference goes on.
         wfm_device: ``"cpu"`` (numpy/OpenCV in those threads) or ``"same"`` (batched torch on the
@@ -94,6 +97,7 @@ class SegmentationTask(LightningModule):
         inference_window: int | None = None,
         inference_overlap: int = 0,
         inference_blend: str = "gaussian",
+        inference_batch: int | None = None,
         test_per_class_wfm: bool = True,
         wfm_workers: int = 2,
         wfm_device: str = "cpu",
@@ -112,6 +116,8 @@ class SegmentationTask(LightningModule):
         self.val_metrics: SegmentationMetrics | None = None
         self.test_metrics: SegmentationMetrics | None = None
         self.test_boundary: BoundaryWFMeasure | None = None
+        self.confusion_matrices: dict[str, torch.Tensor] = {}  # the last evaluation's, by prefix (val, test)
+        self.eval_losses = eval_loss_metrics()
 
     # --- what subclasses provide -------------------------------------------------------------
     def build_network(self) -> nn.Module:
@@ -159,8 +165,12 @@ class SegmentationTask(LightningModule):
         if window is None or max(image.shape[-2:]) <= window:
             return self(preprocess(image) if preprocess else image)
         return sliding_window_logits(self, image, window, self.hparams.inference_overlap,
-                                     batch_size=image.shape[0], blend=self.hparams.inference_blend,
+                                     batch_size=self.window_batch(image), blend=self.hparams.inference_blend,
                                      preprocess=preprocess, accumulate_device="cpu" if preprocess else None)
+
+    def window_batch(self, image: torch.Tensor) -> int:
+        """Windows × images per sliding-window forward pass (``inference_batch``, at least the batch)."""
+        return max(self.hparams.get("inference_batch") or 0, image.shape[0])
 
     def _datamodule(self):
         """The trainer's datamodule, or None outside a Trainer (e.g. a model used on its own)."""
@@ -182,12 +192,14 @@ class SegmentationTask(LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
-    def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, prefix: str) -> None:
+    def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, prefix: str) -> torch.Tensor:
+        """Score one batch; its predicted label map (B×H×W), for callbacks (panels, W&B images)."""
         logits = self.predict_logits(batch["image"])
         if batch["image"].is_floating_point():  # whole uint8 tiles: no loss over a tile-sized logit map
-            loss = self.criterion(logits, batch["mask"])
-            self.log(f"{prefix}/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
-        self._update_metrics(logits.argmax(1).to(batch["mask"].device), batch["mask"], metrics, prefix)
+            log_eval_loss(self, prefix, self.criterion(logits, batch["mask"]), batch["image"].shape[0])
+        pred = logits.argmax(1).to(batch["mask"].device)
+        self._update_metrics(pred, batch["mask"], metrics, prefix)
+        return pred
 
     def _update_metrics(self, pred: torch.Tensor, mask: torch.Tensor, metrics: SegmentationMetrics,
                         prefix: str) -> None:
@@ -195,11 +207,11 @@ class SegmentationTask(LightningModule):
         if prefix == "test" and self.test_boundary is not None:
             self.test_boundary.update(pred, mask)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"pred": self._eval_step(batch, self.val_metrics, "val")}
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"pred": self._eval_step(batch, self.test_metrics, "test")}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         pred = self.predict_logits(batch["image"]).argmax(1).to(torch.uint8)
@@ -207,6 +219,8 @@ class SegmentationTask(LightningModule):
 
     def _log_metrics(self, metrics: SegmentationMetrics, prefix: str) -> None:
         values = {f"{prefix}/{k}": float(v) for k, v in metrics.compute().items()}
+        with metrics.sync_context():  # every rank's counts (rows = target, columns = prediction)
+            self.confusion_matrices[prefix] = metrics.confmat.detach().cpu().clone()
         self.log(f"{prefix}/mIoU", values.pop(f"{prefix}/mIoU"), prog_bar=True)
         self.log_dict(values)
         metrics.reset()
@@ -231,6 +245,18 @@ class SegmentationTask(LightningModule):
         ]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=hp.weight_decay)
         return with_schedule(optimizer, hp.scheduler, hp.warmup_steps, self.trainer)
+
+
+def eval_loss_metrics() -> nn.ModuleDict:
+    """The val and test loss as sample-weighted means over the whole split (float64, summed across ranks):
+    Lightning's ``sync_dist`` would average the ranks' means, which is wrong when shards differ in size."""
+    return nn.ModuleDict({stage: MeanMetric().set_dtype(torch.float64) for stage in ("val", "test")})
+
+
+def log_eval_loss(task: LightningModule, stage: str, loss: torch.Tensor, batch_size: int) -> None:
+    metric = task.eval_losses[stage]
+    metric.update(loss.detach().double(), weight=batch_size)
+    task.log(f"{stage}/loss", metric, batch_size=batch_size)
 
 
 def data_statistics(data, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,6 +315,10 @@ class SMPSegmentationTask(SegmentationTask):
             **(arch_kwargs or {}),
         )
         super().__init__(**task_kwargs)
+
+    @property
+    def method_name(self) -> str:
+        return self._net_args["arch"].lower()
 
     def build_network(self) -> nn.Module:
         return build_smp_model(num_classes=self.num_classes, **self._net_args)
