@@ -323,3 +323,16 @@ def test_bench_scores_val_where_test_labels_are_private(tmp_path, monkeypatch):
     assert "| d2ls (failed) † |" in table and "† failed: LightningCLI rejected" in table
     assert "| sdci †† |" in table and "†† SDCI with random CLIP/DINO weights" in table
     assert "Scored on the val split" in table
+
+
+def test_trainer_flags_reach_the_refiner_and_ranks_share_the_run_folder(tmp_path, monkeypatch):
+    from rsseg.bench.runner import RUN_DIR_ENV, shared_run_dir, trainer_flags
+
+    args = ["--data.init_args.crop_size", "64", "--trainer.devices", "2", "--trainer.strategy=ddp",
+            "--model.init_args.lr", "1e-3", "--trainer.fast_dev_run", "--trainer.max_steps", "5"]
+    assert trainer_flags(args) == ["--trainer.devices", "2", "--trainer.strategy=ddp", "--trainer.fast_dev_run",
+                                   "--trainer.max_steps", "5"]
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    first = shared_run_dir(tmp_path)
+    assert first.is_dir() and first.parent == tmp_path
+    assert shared_run_dir(tmp_path) == first  # what a DDP rank started from this process gets

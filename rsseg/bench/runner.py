@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import datetime
 from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_only
 
 from rsseg.bench.plan import BenchPlan, load_plan, merged_config
 from rsseg.bench.plots import write_plots
@@ -92,24 +95,42 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
               methods: list[str] | None = None, out: str = "results/bench",
               cache: str = ".cache/rsseg", lightning_args: list[str] = (), refiner_args: list[str] = (),
               refiner_stage_args: list[str] = ()) -> Path:
-    """Run the whole comparison; returns the run folder with results.{md,csv,json} and a plot.
+    """Run the whole comparison; returns the run folder with results.{md,csv,json}, the manifest and plots.
 
-    ``lightning_args`` go to every method's run, ``refiner_args`` to the plan's refiner runs (its
-    datamodule wraps the method's, so the methods' ``--data``/``--model`` arguments do not fit it) and
-    ``refiner_stage_args`` to the refiner's preliminary stages (label embedding, VAE).
+    ``lightning_args`` go to every method's run, and their ``--trainer.*`` flags to the refiner's runs too;
+    ``refiner_args`` go to the plan's refiner runs (its datamodule wraps the method's, so the methods'
+    ``--data``/``--model`` arguments do not fit it) and ``refiner_stage_args`` to the refiner's preliminary
+    stages (label embedding, VAE).
+
+    Under DDP (``--trainer.devices N --trainer.strategy ddp``) Lightning re-runs this command in every rank:
+    the ranks share the run folder (``RSSEG_BENCH_RUN_DIR``), run every method together, and rank 0 writes
+    the report.
     """
     plan = load_plan(dataset, profile, methods)
     source = resolve_prepared_root(dataset, data_root, Path(cache), plan.prepare)
     if source.synthetic:
         print(SYNTHETIC_BANNER.format(dataset=dataset), flush=True)
-    run_dir = Path(out) / dataset / datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=False)
+    run_dir = shared_run_dir(Path(out) / dataset)
+    try:
+        _run_plan(plan, source, run_dir, profile, list(lightning_args), list(refiner_args), list(refiner_stage_args))
+    finally:
+        if os.environ.get(RUN_DIR_ENV) == str(run_dir):
+            del os.environ[RUN_DIR_ENV]  # the next bench in this process gets a folder of its own
+    print(f"results: {run_dir}", flush=True)
+    return run_dir
+
+
+def _run_plan(plan: BenchPlan, source, run_dir: Path, profile: str, lightning_args: list[str],
+              refiner_args: list[str], refiner_stage_args: list[str]) -> None:
+    """Every method of ``plan`` (and its refinement) in ``run_dir``, then on rank 0 the report."""
+    dataset = plan.dataset
     tracking = Tracking(group=dataset, tags=(f"bench-{run_dir.name}", f"profile-{profile}"))
 
     rows = reference_rows(plan, source.prepared)
     samples: dict[str, object] = {}
-    refiner = (RefinerStages(plan, source.prepared, run_dir, tracking, list(refiner_args), list(refiner_stage_args))
-               if plan.refiner else None)
+    trainer_args = trainer_flags(lightning_args)  # devices, strategy, …: the refiner's runs take them too
+    refiner = (RefinerStages(plan, source.prepared, run_dir, tracking, [*trainer_args, *refiner_args],
+                             [*trainer_args, *refiner_stage_args]) if plan.refiner else None)
     for i, (method, config) in enumerate(plan.configs.items(), 1):
         print(f"\n==> rsseg bench {dataset}: method {i}/{len(plan.configs)}: {method}", flush=True)
         refined = refiner is not None and method in plan.refined
@@ -132,6 +153,8 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
         "raw_root": str(source.raw) if source.raw else None,
         "created": datetime.now().isoformat(timespec="seconds"),
     }
+    if rank_zero_only.rank != 0:  # under DDP every rank runs the bench; the first one reports
+        return
     manifest = bench_manifest(plan, source, rows)
     meta |= {"device": manifest["device"], "manifest": manifest}
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -141,8 +164,36 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
     log_summary_run(run_dir, rows, meta, manifest, plots, tracking)
     if source.synthetic:
         print(SYNTHETIC_BANNER.format(dataset=dataset), flush=True)
-    print(f"results: {run_dir}", flush=True)
+
+
+RUN_DIR_ENV = "RSSEG_BENCH_RUN_DIR"
+
+
+def shared_run_dir(parent: Path) -> Path:
+    """A new time-stamped run folder, or the one the launching rank chose (the DDP ranks it starts inherit
+    the environment)."""
+    if os.environ.get(RUN_DIR_ENV):
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+    run_dir = parent / datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=False)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
     return run_dir
+
+
+def trainer_flags(args: list[str]) -> list[str]:
+    """The ``--trainer.*`` flags (with their values) of LightningCLI arguments."""
+    flags, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--trainer."):
+            has_value = "=" not in arg and i + 1 < len(args) and not args[i + 1].startswith("--")
+            flags += args[i:i + 1 + has_value]
+            i += 1 + has_value
+        else:
+            i += 1
+    return flags
 
 
 def bench_manifest(plan: BenchPlan, source, rows: list[dict]) -> dict:

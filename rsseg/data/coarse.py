@@ -147,8 +147,9 @@ class CoarseMapWriter(BasePredictionWriter):
     <split>/<id>.png``. A split is replaced as a whole: maps are written into a hidden folder that takes
     the place of ``<split>/`` only when predict ends with one map per sample of the split, so an
     interrupted or truncated predict leaves the previous maps (and ``coarse.json``) as they were. Takes
-    the shared task's ``predict_step`` output, ``{"pred": B×H×W, "meta": {"id": [...]}}``. Single
-    process only: under DDP each rank sees only its shard, so run predict with ``--trainer.devices 1``.
+    the shared task's ``predict_step`` output, ``{"pred": B×H×W, "meta": {"id": [...]}}``. Under DDP every
+    rank writes its shard (the predict loader shards without duplicates) into the same hidden folder, and
+    rank 0 swaps it in and updates ``coarse.json`` once the ranks' maps add up to the split.
     """
 
     def __init__(self, name: str, output_root: str | None = None) -> None:
@@ -164,11 +165,6 @@ class CoarseMapWriter(BasePredictionWriter):
         super().setup(trainer, pl_module, stage)
         if stage != "predict":
             return
-        if trainer.world_size > 1:
-            raise RuntimeError(
-                f"CoarseMapWriter needs the whole split in one process, but predict runs on {trainer.world_size} "
-                "processes; run predict with --trainer.devices 1"
-            )
         twins = [cb for cb in trainer.callbacks if isinstance(cb, CoarseMapWriter) and cb is not self
                  and (cb.name, cb.output_root) == (self.name, self.output_root)]
         if twins:
@@ -189,16 +185,19 @@ class CoarseMapWriter(BasePredictionWriter):
 
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
         self._abort()
-        for leftover in self.folder.glob(f".{self.split}.tmp*"):  # from a predict that was killed
-            logger.warning("%s: removing the leftovers of an interrupted predict", leftover)
-            shutil.rmtree(leftover, ignore_errors=True)
-        if trainer.ckpt_path is None:
-            logger.warning(
-                "%s: no --ckpt_path given, so the coarse maps of the %s split come from an untrained model",
-                self.folder, self.split,
-            )
-        self._staging = self.folder / f".{self.split}.tmp{os.getpid()}"
-        self._staging.mkdir(parents=True)
+        staging = self.folder / f".{self.split}.tmp{trainer.strategy.broadcast(os.getpid())}"  # rank 0's name
+        if trainer.is_global_zero:
+            for leftover in self.folder.glob(f".{self.split}.tmp*"):  # from a predict that was killed
+                logger.warning("%s: removing the leftovers of an interrupted predict", leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
+            if trainer.ckpt_path is None:
+                logger.warning(
+                    "%s: no --ckpt_path given, so the coarse maps of the %s split come from an untrained model",
+                    self.folder, self.split,
+                )
+            staging.mkdir(parents=True)
+        trainer.strategy.barrier("coarse maps staged")
+        self._staging = staging
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction: Any, batch_indices, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -228,16 +227,23 @@ class CoarseMapWriter(BasePredictionWriter):
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         if self._staging is None:
             return
-        written, expected = len(self._ids), len(trainer.datamodule.predict_dataset)
-        if written != expected:
+        trainer.strategy.barrier("coarse maps written")
+        written = int(trainer.strategy.reduce(torch.tensor(len(self._ids)), reduce_op="sum"))
+        expected = len(trainer.datamodule.predict_dataset)
+        # rank 0 counts (before it may move the folder) and tells the others, so every rank decides alike
+        on_disk = trainer.strategy.broadcast(len(list(self._staging.glob("*.png"))) if trainer.is_global_zero else 0)
+        if written != expected or on_disk != expected:
             self._abort()
             raise RuntimeError(
                 f"{self.folder / self.split}: predict produced {written} maps but the {self.split} split has "
-                f"{expected} samples (limit_predict_batches?); the previous maps are kept"
+                f"{expected} samples ({on_disk} files written; limit_predict_batches?); the previous maps are kept"
             )
-        self._replace_split()
-        self._update_record(trainer, pl_module, expected)
-        logger.info("wrote %d coarse maps of the %s split to %s", expected, self.split, self.folder / self.split)
+        if trainer.is_global_zero:
+            self._replace_split()
+            self._update_record(trainer, pl_module, expected)
+            logger.info("wrote %d coarse maps of the %s split to %s", expected, self.split, self.folder / self.split)
+        self._staging, self._ids = None, set()
+        trainer.strategy.barrier("coarse maps in place")
 
     def _replace_split(self) -> None:
         """Swap the staged folder in for ``<split>/`` (two renames, then the old maps are deleted)."""
