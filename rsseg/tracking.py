@@ -8,7 +8,6 @@ reproducibility manifest; offline unless the user configured W&B. A config's own
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from lightning.pytorch.loggers import WandbLogger
 
 from rsseg.callbacks import EvaluationSamples
 from rsseg.manifest import run_manifest
-
-log = logging.getLogger(__name__)
 
 DEFAULT_PROJECT = "rsseg"
 

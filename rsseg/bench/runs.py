@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +10,6 @@ from pathlib import Path
 from rsseg.callbacks import InferenceProfiler
 from rsseg.models.baselines import count_parameters
 from rsseg.tracking import WandbEvaluationLogger, finish_wandb_run, wandb_mode, wandb_project
-
-log = logging.getLogger(__name__)
 
 
 def _wandb_logger(save_dir: Path, group: str, name: str, tags: list[str]) -> str:

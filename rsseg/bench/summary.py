@@ -6,13 +6,10 @@ bench's ``bench-<time>`` tag) shows the methods side by side.
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
 from rsseg.tracking import wandb_mode, wandb_project
-
-log = logging.getLogger(__name__)
 
 
 def table_columns(rows: list[dict]) -> list[str]:
