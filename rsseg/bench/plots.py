@@ -1,27 +1,42 @@
 """The bench's pictures: a bar chart per headline metric, a per-class IoU heat map, a speed–accuracy
 scatter and a qualitative panel (image, ground truth, each method's prediction and error map).
 
-Rows are the comparison's (``results.json``): metrics are fractions shown in %, reference rows have no
-speed, failed rows have only ``method`` and ``failed``.
+Rows are the comparison's (``results.json``): metrics are fractions shown in %, reference rows (majority
+class, all target, all background) have ``params: 0`` and no speed, failed rows have only ``method`` and
+``failed``. Files (under the run folder):
+
+- ``bar_<metric>.png``: one per headline metric; the name keeps only ``A-Za-z0-9._-`` (``Pr@0.5`` →
+  ``bar_Pr0.5.png``, see :func:`file_safe`);
+- ``per_class_iou.png``: methods × classes (semantic segmentation only);
+- ``speed_accuracy.png``: inference images/s against the first headline metric (mIoU, or oIoU);
+- ``qualitative.png``: the prediction panel, when the bench kept test samples.
+
+Colours: each method keeps one colour (matplotlib's C0…C9, in row order) in every chart; reference rows are
+grey and hatched. Masks use the dataset's palette; ignored pixels get :func:`free_colour`, the candidate
+farthest from every class colour (magenta for ISPRS, white for UAVid, black for LoveDA, orange for the
+black/white binary palettes of roads and referring segmentation). Error maps: correct pixels dark grey,
+wrong ones red, pixels the target ignores in the masks' ignore colour.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from rsseg.bench.report import headline_metrics, per_class_columns
+from rsseg.bench.report import _label, headline_metrics, per_class_columns
 
-# Ignored pixels: the first of these colours that is not a class colour (ISPRS impervious is white, roads and
-# referring backgrounds are black). Error maps: correct pixels dark grey, wrong ones red.
-IGNORE_CANDIDATES = ((255, 0, 255), (128, 128, 128), (0, 0, 0), (255, 255, 255))
+IGNORE_CANDIDATES = ((255, 0, 255), (255, 255, 255), (0, 0, 0), (128, 128, 128), (255, 128, 0))
 CORRECT_COLOUR = (60, 60, 60)
 WRONG_COLOUR = (220, 30, 30)
-REFERENCE_COLOUR = "0.7"
+REFERENCE_COLOUR = "0.75"
+DPI = 120
+PANEL_DPI = 100  # the panel is the largest picture: a 2-inch cell is 200 px
+PANEL_CELL = 2.0  # inches per image of the panel
 
 
 def _pyplot():
@@ -35,24 +50,37 @@ def _pyplot():
 
 def _title(meta: dict, what: str) -> str:
     synthetic = " (SYNTHETIC DATA)" if meta.get("synthetic") else ""
-    return f"{meta['dataset']} — {what} — {meta['profile']} profile{synthetic}"
+    return f"{meta['dataset']} ({meta['profile']} profile): {what}{synthetic}"
 
 
 def _value(row: dict, key: str) -> float:
+    """The row's number for ``key``, NaN where it has none (failed rows, a metric only some methods have)."""
     value = row.get(key)
-    return float(value) if isinstance(value, int | float) and value is not None else math.nan
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
 
 
 def _is_reference(row: dict) -> bool:
     """Trivial predictors (majority class, all target/background) carry no parameters."""
-    return row.get("params") == 0
+    return row.get("params") == 0 and not row.get("failed")
 
 
-def _save(fig, path: Path) -> Path:
+def _colours(rows: list[dict]) -> dict[str, str]:
+    """One colour per method for every chart: C0, C1, … over the non-reference rows in order; references grey."""
+    colours, n = {}, 0
+    for row in rows:
+        if _is_reference(row):
+            colours[row["method"]] = REFERENCE_COLOUR
+        else:
+            colours[row["method"]] = f"C{n % 10}"
+            n += 1
+    return colours
+
+
+def _save(fig, path: Path, dpi: int = DPI) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=min(dpi, DPI))
     _pyplot().close(fig)
-    return path
+    return Path(path)
 
 
 def file_safe(name: str) -> str:
@@ -60,58 +88,82 @@ def file_safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "", name)
 
 
+# --------------------------------------------------------------------------------------------------
+# Comparison charts
+
+
 def metric_bars(run_dir: Path, rows: list[dict], meta: dict) -> list[Path]:
-    """``bar_<metric>.png`` per headline metric: methods in row order, reference rows grey and hatched,
-    failed methods marked as such."""
-    plt = _pyplot()
+    """``bar_<metric>.png`` per headline metric that some row has: methods in row order, the value in % on
+    each bar, reference rows grey and hatched, failed methods (and ones without the metric) a labelled gap."""
     written = []
     for key in headline_metrics(meta["task"], rows):
         values = [100 * _value(row, key) for row in rows]
-        if all(math.isnan(v) for v in values):
-            continue
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 3.8))
-        for i, (row, value) in enumerate(zip(rows, values, strict=True)):
-            if row.get("failed"):
-                ax.text(i, 2, "failed", rotation=90, ha="center", va="bottom", color="red", fontsize=8)
-                continue
-            reference = _is_reference(row)
-            ax.bar(i, 0 if math.isnan(value) else value, color=REFERENCE_COLOUR if reference else f"C{i % 10}",
-                   hatch="//" if reference else None, edgecolor="0.3")
-            if not math.isnan(value):
-                ax.text(i, value + 1, f"{value:.1f}", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(rows)), [row["method"] for row in rows], rotation=25, ha="right")
-        ax.set_ylim(0, 105)
-        ax.set_ylabel(f"{key} (%)")
-        ax.set_title(_title(meta, key), fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-        written.append(_save(fig, Path(run_dir) / f"bar_{file_safe(key)}.png"))
+        if not all(math.isnan(v) for v in values):
+            written.append(_metric_bar(Path(run_dir) / f"bar_{file_safe(key)}.png", rows, values, key, meta))
     return written
 
 
+def _metric_bar(path: Path, rows: list[dict], values: list[float], key: str, meta: dict) -> Path:
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    colours = _colours(rows)
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(rows) + 2), 4.0))
+    bottom = min(0.0, min(v for v in values if not math.isnan(v)) - 10)  # Kappa can be negative
+    for i, (row, value) in enumerate(zip(rows, values, strict=True)):
+        if math.isnan(value):
+            gap = "failed" if row.get("failed") else "n/a"
+            ax.text(i, 2, gap, rotation=90, ha="center", va="bottom", fontsize=8,
+                    color="tab:red" if row.get("failed") else "0.4")
+            continue
+        reference = _is_reference(row)
+        ax.bar(i, value, width=0.7, color=colours[row["method"]], hatch="//" if reference else None,
+               edgecolor="0.35", linewidth=0.6)
+        ax.text(i, value + (1 if value >= 0 else -1), f"{value:.1f}", ha="center",
+                va="bottom" if value >= 0 else "top", fontsize=8)
+    ax.set_xticks(range(len(rows)), [row["method"] for row in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_ylim(bottom, 108)
+    ax.set_ylabel(f"{key} (%)")
+    ax.set_title(_title(meta, key), fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    if any(_is_reference(row) for row in rows):
+        ax.legend(handles=[Patch(facecolor=REFERENCE_COLOUR, hatch="//", edgecolor="0.35", label="reference")],
+                  loc="upper left", fontsize=7, frameon=False)
+    return _save(fig, path)
+
+
 def per_class_heatmap(run_dir: Path, rows: list[dict], meta: dict) -> Path | None:
-    """``per_class_iou.png``: methods × classes, IoU in % in every cell (blank where a row has none)."""
+    """``per_class_iou.png``: methods × classes (first-seen order), IoU in % in every cell, blank where a row
+    has none; None for referring segmentation or when no row has per-class IoU."""
     columns = per_class_columns(rows, "IoU")
     shown = [row for row in rows if any(k in row for k in columns)]
-    if not columns or not shown:
+    if meta["task"] != "semantic" or not shown:
         return None
     plt = _pyplot()
     grid = np.array([[100 * _value(row, k) for k in columns] for row in shown])
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(columns) + 2.5), max(2.5, 0.45 * len(shown) + 1.5)))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.0 * len(columns) + 3), max(2.5, 0.42 * len(shown) + 1.6)))
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=100, aspect="auto")
     for (i, j), value in np.ndenumerate(grid):
         if not math.isnan(value):
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8,
                     color="black" if value > 60 else "white")
-    ax.set_xticks(range(len(columns)), [k.split("/", 1)[1] for k in columns], rotation=25, ha="right")
-    ax.set_yticks(range(len(shown)), [row["method"] for row in shown])
-    fig.colorbar(image, ax=ax, label="IoU (%)")
-    ax.set_title(_title(meta, "per-class IoU"), fontsize=9)
+    ax.set_xticks(range(len(columns)), [_label(k) for k in columns], rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(shown)), [row["method"] for row in shown], fontsize=8)
+    for tick, row in zip(ax.get_yticklabels(), shown, strict=True):
+        if _is_reference(row):
+            tick.set_fontstyle("italic")
+            tick.set_color("0.4")
+    fig.colorbar(image, ax=ax, label="IoU (%)", fraction=0.05, pad=0.02)
+    ax.set_title(_title(meta, "per-class IoU (%)"), fontsize=9)
     return _save(fig, Path(run_dir) / "per_class_iou.png")
 
 
 def speed_accuracy(run_dir: Path, rows: list[dict], meta: dict) -> Path | None:
     """``speed_accuracy.png``: inference images/s (log) against the task's first headline metric, marker
-    area ∝ parameters; reference rows (no speed) as dashed horizontal lines."""
+    area ∝ parameters (each point labelled with its method and M params); reference rows, which have no
+    speed, as dashed horizontal lines. None when no row has both numbers."""
     key = headline_metrics(meta["task"], rows)[0]
     timed = [r for r in rows if _value(r, "inference_img_per_s") > 0 and not math.isnan(_value(r, key))]
     if not timed:
@@ -119,111 +171,146 @@ def speed_accuracy(run_dir: Path, rows: list[dict], meta: dict) -> Path | None:
     from matplotlib.ticker import NullFormatter
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    largest = max(_value(r, "params") for r in timed) or 1.0
-    for i, row in enumerate(timed):
-        size = 40 + 600 * max(_value(row, "params"), 0) / largest
-        ax.scatter(_value(row, "inference_img_per_s"), 100 * _value(row, key), s=size, color=f"C{i % 10}",
-                   alpha=0.7, edgecolor="0.2")
-        ax.annotate(f"{row['method']} ({_value(row, 'params') / 1e6:.1f}M)",
-                    (_value(row, "inference_img_per_s"), 100 * _value(row, key)), textcoords="offset points",
-                    xytext=(6, 6), fontsize=8)
+    colours = _colours(rows)
+    params = [max(0.0, _value(r, "params")) if not math.isnan(_value(r, "params")) else 0.0 for r in timed]
+    largest = max(params) or 1.0
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    for row, n in zip(timed, params, strict=True):
+        x, y = _value(row, "inference_img_per_s"), 100 * _value(row, key)
+        ax.scatter(x, y, s=30 + 900 * n / largest, color=colours[row["method"]], alpha=0.7, edgecolor="0.2")
+        label = f"{row['method']} ({n / 1e6:.1f}M)" if n else row["method"]
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(7, 5), fontsize=8)
     for row in rows:
         if _is_reference(row) and not math.isnan(_value(row, key)):
-            ax.axhline(100 * _value(row, key), color="0.5", linestyle="--", linewidth=1)
-            ax.text(0.99, 100 * _value(row, key), row["method"], transform=ax.get_yaxis_transform(), ha="right",
-                    va="bottom", fontsize=7, color="0.4")
+            y = 100 * _value(row, key)
+            ax.axhline(y, color="0.5", linestyle="--", linewidth=1)
+            ax.text(0.99, y, row["method"], transform=ax.get_yaxis_transform(), ha="right", va="bottom",
+                    fontsize=7, color="0.35")
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.25, y=0.15)
     ax.set_xlabel("inference images/s (log scale)")
     ax.set_ylabel(f"{key} (%)")
-    ax.set_title(_title(meta, f"speed vs {key}; marker area ∝ parameters"), fontsize=9)
+    ax.set_title(_title(meta, f"speed vs {key}; marker area ∝ parameters (M)"), fontsize=9)
     ax.grid(alpha=0.3, which="both")
     return _save(fig, Path(run_dir) / "speed_accuracy.png")
 
 
-def ignore_colour(palette: Sequence[Sequence[int]]) -> tuple[int, int, int]:
-    """A colour for ignored pixels that no class of ``palette`` uses."""
-    used = {tuple(int(v) for v in colour) for colour in palette}
-    return next((c for c in IGNORE_CANDIDATES if c not in used), IGNORE_CANDIDATES[0])
+# --------------------------------------------------------------------------------------------------
+# Masks and the qualitative panel
+
+
+def free_colour(palette: Sequence[Sequence[int]]) -> tuple[int, int, int]:
+    """A colour for ignored pixels that reads apart from every class of ``palette``: the candidate farthest
+    (in RGB) from its nearest class colour."""
+    colours = np.asarray(palette, dtype=float).reshape(-1, 3)
+
+    def distance(candidate):
+        return np.linalg.norm(colours - np.asarray(candidate, dtype=float), axis=1).min() if len(colours) else 0.0
+
+    return max(IGNORE_CANDIDATES, key=distance)
 
 
 def colourise(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255,
-              ignore: Sequence[int] | None = None) -> np.ndarray:
-    """H×W labels → H×W×3 uint8 in the dataset's palette; ignored and unknown labels in ``ignore`` (default:
-    :func:`ignore_colour`)."""
-    ignore = ignore_colour(palette) if ignore is None else ignore
-    lut = np.tile(np.asarray(ignore, dtype=np.uint8), (256, 1))
-    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    out = lut[np.clip(mask, 0, 255).astype(np.uint8)]
-    if ignore_index < len(palette):
-        out[mask == ignore_index] = ignore
-    return out
+              ignore_colour: Sequence[int] | None = None) -> np.ndarray:
+    """H×W labels → H×W×3 uint8 in the dataset's palette (also for W&B images); ``ignore_index`` and labels
+    outside the palette in ``ignore_colour``, by default :func:`free_colour` so ignore never looks like a class
+    (white would be ISPRS's impervious surfaces)."""
+    ignore = np.asarray(free_colour(palette) if ignore_colour is None else ignore_colour, dtype=np.uint8)
+    mask = np.asarray(mask)
+    lut = np.vstack([np.asarray(palette, dtype=np.uint8).reshape(-1, 3), ignore])  # last entry: ignore
+    known = (mask >= 0) & (mask < len(palette)) & (mask != ignore_index)
+    return lut[np.where(known, mask, len(palette))]
 
 
 def error_map(pred: np.ndarray, target: np.ndarray, ignore_index: int = 255,
-              ignore: Sequence[int] = IGNORE_CANDIDATES[0]) -> np.ndarray:
-    """H×W×3 uint8: correct pixels dark grey, wrong ones red, pixels the target ignores in ``ignore``."""
-    out = np.empty((*target.shape, 3), dtype=np.uint8)
+              ignore_colour: Sequence[int] = (255, 255, 255)) -> np.ndarray:
+    """H×W×3 uint8: where a prediction is scored right (dark grey) or wrong (red); pixels the target
+    ignores are not scored, so they get ``ignore_colour`` whatever the prediction."""
+    out = np.empty((*np.shape(target), 3), dtype=np.uint8)
     out[...] = CORRECT_COLOUR
-    out[pred != target] = WRONG_COLOUR
-    out[target == ignore_index] = ignore
+    out[np.asarray(pred) != np.asarray(target)] = WRONG_COLOUR
+    out[np.asarray(target) == ignore_index] = ignore_colour
     return out
+
+
+def default_palette(samples: list[dict], ignore_index: int = 255) -> list[tuple[int, int, int]]:
+    """tab20 colours for the labels the samples use, where the caller has no dataset palette."""
+    from matplotlib import colormaps
+
+    labels = [int(np.max(m, initial=0)) for s in samples for m in (s["target"], *s["predictions"].values())
+              if np.size(m)]
+    n = 1 + max([v for v in labels if v != ignore_index], default=1)
+    return [tuple(int(255 * c) for c in colormaps["tab20"](i % 20)[:3]) for i in range(n)]
 
 
 def qualitative_panel(path: Path, samples: list[dict], palette: Sequence[Sequence[int]],
                       class_names: Sequence[str], ignore_index: int = 255, title: str = "") -> Path:
-    """One row per sample: image, ground truth, then each method's prediction and its error map.
+    """One row per test tile: image, ground truth, then each method's prediction and its error map, so the
+    methods' mistakes can be compared on the same pixels; a legend of the classes and error colours below.
 
-    ``samples``: ``{"id", "image" (H×W×3 uint8), "target" (H×W), "predictions": {method: H×W}}``.
+    ``samples``: ``{"id", "image" (H×W×3 uint8), "target" (H×W), "predictions": {method: H×W}}``; a method
+    without a prediction for a sample leaves its two cells blank.
     """
-    from matplotlib.patches import Patch
-
     plt = _pyplot()
     methods = list(dict.fromkeys(m for s in samples for m in s["predictions"]))
-    ignore = ignore_colour(palette)
-    headers = ["image", "ground truth", *(f"{m}{suffix}" for m in methods for suffix in ("", " errors"))]
-    cell = 2.0
-    fig, axes = plt.subplots(len(samples), len(headers), figsize=(cell * len(headers), cell * len(samples) + 0.9),
-                             squeeze=False)
+    ignore = free_colour(palette)
+    headers = ["image", "ground truth", *(f"{m}{suffix}" for m in methods for suffix in ("", "\nerrors"))]
+    width = PANEL_CELL * len(headers) + 0.6
+    legend = _panel_legend(palette, class_names, ignore)
+    ncol = max(1, min(len(legend), int(width / 1.5)))
+    legend_height = 0.25 * math.ceil(len(legend) / ncol) + 0.2
+    height = PANEL_CELL * len(samples) + 0.5 + legend_height + (0.3 if title else 0)
+    fig, axes = plt.subplots(len(samples), len(headers), figsize=(width, height), squeeze=False)
     for r, sample in enumerate(samples):
-        target = sample["target"]
-        pictures = [sample["image"], colourise(target, palette, ignore_index, ignore)]
-        for method in methods:
-            pred = sample["predictions"].get(method)
-            if pred is None:
-                pictures += [None, None]
-            else:
-                pictures += [colourise(pred, palette, ignore_index, ignore),
-                             error_map(pred, target, ignore_index, ignore)]
-        for c, picture in enumerate(pictures):
+        for c, picture in enumerate(_panel_row(sample, methods, palette, ignore_index, ignore)):
             ax = axes[r, c]
             ax.set_xticks([])
             ax.set_yticks([])
-            if picture is not None:
+            if picture is None:
+                ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes, color="0.5")
+            else:
                 ax.imshow(picture, interpolation="nearest")
             if r == 0:
                 ax.set_title(headers[c], fontsize=8)
-        axes[r, 0].set_ylabel(str(sample["id"])[:40], fontsize=7)
-    legend = [Patch(facecolor=np.asarray(c) / 255, edgecolor="0.3", label=n) for c, n in zip(palette, class_names,
-                                                                                             strict=False)]
-    legend += [Patch(facecolor=np.asarray(ignore) / 255, edgecolor="0.3", label="ignored"),
-               Patch(facecolor=np.asarray(WRONG_COLOUR) / 255, label="error"),
-               Patch(facecolor=np.asarray(CORRECT_COLOUR) / 255, label="correct")]
-    fig.legend(handles=legend, loc="lower center", ncol=min(len(legend), 9), fontsize=7, frameon=False)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.9 / (cell * len(samples) + 0.9), 1, 0.97))
-    fig.savefig(path, dpi=100)
+        axes[r, 0].set_ylabel(textwrap.fill(str(sample["id"]), 24, max_lines=5, placeholder=" …"), fontsize=7)
+    fig.legend(handles=legend, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, legend_height / height, 1, 1 - (0.3 if title else 0.05) / height))
+    fig.savefig(path, dpi=PANEL_DPI)
     plt.close(fig)
     return Path(path)
 
 
+def _panel_row(sample: dict, methods: list[str], palette, ignore_index: int, ignore) -> list:
+    target = np.asarray(sample["target"])
+    pictures = [sample["image"], colourise(target, palette, ignore_index, ignore)]
+    for method in methods:
+        pred = sample["predictions"].get(method)
+        pictures += ([None, None] if pred is None else
+                     [colourise(pred, palette, ignore_index, ignore), error_map(pred, target, ignore_index, ignore)])
+    return pictures
+
+
+def _panel_legend(palette, class_names: Sequence[str], ignore) -> list:
+    from matplotlib.patches import Patch
+
+    def patch(colour, label):
+        return Patch(facecolor=np.asarray(colour) / 255, edgecolor="0.3", label=label)
+
+    return [*(patch(c, n) for c, n in zip(palette, class_names, strict=False)), patch(ignore, "ignored"),
+            patch(CORRECT_COLOUR, "correct (error map)"), patch(WRONG_COLOUR, "wrong (error map)")]
+
+
 def write_plots(run_dir: Path, rows: list[dict], meta: dict, samples: list[dict] | None = None,
                 palette: Sequence[Sequence[int]] | None = None, class_names: Sequence[str] | None = None) -> list[Path]:
-    """Every picture the rows (and, for the panel, the samples) allow; the written files."""
+    """Every picture the rows (and, for ``qualitative.png``, the samples) allow; the files written."""
     written = metric_bars(run_dir, rows, meta)
     written += [p for p in (per_class_heatmap(run_dir, rows, meta), speed_accuracy(run_dir, rows, meta)) if p]
     if samples:
-        written.append(qualitative_panel(Path(run_dir) / "qualitative.png", samples, palette, class_names,
-                                         title=_title(meta, "test predictions")))
+        palette = list(palette) if palette else default_palette(samples)
+        names = list(class_names) if class_names else [str(i) for i in range(len(palette))]
+        written.append(qualitative_panel(Path(run_dir) / "qualitative.png", samples, palette, names,
+                                         title=_title(meta, f"{meta.get('evaluated_split', 'test')} predictions")))
     return written
