@@ -52,9 +52,11 @@ def run_tags(model, datamodule) -> list[str]:
 
 
 def default_logger(model, datamodule, save_dir: str | Path | None, job_type: str | None) -> WandbLogger:
-    """The logger of a run whose config names none."""
+    """The logger of a run whose config names none, under ``save_dir`` (the trainer's ``default_root_dir``),
+    else under ``runs/``: checkpoints go to ``<save_dir>/<project>/<run id>/checkpoints``, and ``./rsseg/`` in
+    a checkout is the package."""
     return WandbLogger(project=wandb_project(), group=dataset_name(datamodule), name=method_name(model),
-                       tags=run_tags(model, datamodule), save_dir=str(save_dir or "."), mode=wandb_mode(),
+                       tags=run_tags(model, datamodule), save_dir=str(save_dir or "runs"), mode=wandb_mode(),
                        job_type=job_type or "fit")
 
 
