@@ -15,8 +15,8 @@ stops it; rank 0 reports
 
 One device runs without a process group (Lightning's single-device strategy), the baseline the efficiency is
 measured against. On CPUs each process gets ``cores // devices`` threads (``OMP_NUM_THREADS`` and
-``torch.set_num_threads``), so the processes do not oversubscribe the machine: a machine with fewer cores than
-``devices × threads`` cannot show a speed-up, only the cost of the extra processes and the all-reduce.
+``torch.set_num_threads``), so the processes do not oversubscribe the machine; they share its cores, so CPU
+"devices" add no compute: CPU records show the cost of the extra processes and the all-reduce, not a speed-up.
 
 Usage: python benchmarks/scaling.py [--method unet,d2ls] [--accelerator cpu|gpu] [--devices 1,2]
        [--batch 2,4] [--strategy ddp|fsdp] [--precision 32-true] [--size 256] [--steps 5] [--warmup 2]
@@ -203,6 +203,9 @@ def run_config(args, method: str, devices: int, batch: int) -> dict:
         os.killpg(process.pid, signal.SIGKILL)  # the launcher's other ranks are in the same session
         stdout, stderr = process.communicate()
         stderr += f"\ntimed out after {args.timeout} s"
+    except BaseException:  # Ctrl-C, SIGTERM: the configuration's own session does not get the signal
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
     lines = [line for line in stdout.splitlines() if line.startswith(RECORD_PREFIX)]
     if process.returncode == 0 and lines:
         return json.loads(lines[-1].removeprefix(RECORD_PREFIX))
@@ -237,10 +240,13 @@ def main() -> None:
         run_one(args)
         return
 
+    if args.strategy.startswith("fsdp") and not gpu:
+        parser.error("Lightning's FSDPStrategy needs GPUs (--accelerator gpu)")
     methods = args.method.split(",")
     for method in methods:
         if method not in METHODS:
             parser.error(f"unknown method {method!r}; choose from {METHODS}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # unwind: stop the running config
     records = Records(bench_environment("cuda" if gpu else "cpu"))
     for method in methods:
         for batch in map(int, args.batch.split(",")):
