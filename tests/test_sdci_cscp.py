@@ -237,14 +237,17 @@ def test_simplex_and_batched_equals_per_image(schedule):
     q, info = cscp_solve(p_clip, p_dino, wx, wy, **kwargs)
     assert q.shape == p_clip.shape and q.dtype == torch.float64
     assert_on_simplex(q)
+    # the released schedule iterates in float32: a batch and a single image may sum in another order (intra-op
+    # threads split them differently), which moves an iterate by a float32 ulp
+    atol = 1e-9 if schedule == "fista" else 1e-6
     for i in range(3):
         qi, info_i = cscp_solve(p_clip[i:i + 1], p_dino[i:i + 1], wx[i:i + 1], wy[i:i + 1], **kwargs)
-        assert torch.allclose(q[i:i + 1], qi, rtol=0, atol=1e-9)
+        assert torch.allclose(q[i:i + 1], qi, rtol=0, atol=atol)
         assert info.iterations[i] == info_i.iterations[0]
     # Shared (unbatched) weights broadcast over the batch.
     q_shared, _ = cscp_solve(p_clip, p_dino, wx[0], wy[0], **kwargs)
     q_first, _ = cscp_solve(p_clip[:1], p_dino[:1], wx[:1], wy[:1], **kwargs)
-    assert torch.allclose(q_shared[:1], q_first, rtol=0, atol=1e-9)
+    assert torch.allclose(q_shared[:1], q_first, rtol=0, atol=atol)
 
 
 def test_released_prox_matches_the_exact_lambert_w_prox():
