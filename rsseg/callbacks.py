@@ -20,20 +20,14 @@ def _synchronize(pl_module) -> None:
         torch.cuda.synchronize(pl_module.device)
 
 
-def first_samples(batch: Any, n: int = 1) -> Any:
-    """The first ``n`` samples of a batch dict (tensors, lists and nested dicts sliced along the batch)."""
+def one_sample(batch: Any) -> Any:
+    """A copy of a batch dict's first sample (tensors, lists and nested dicts sliced along the batch), made
+    where it runs: outside inference mode its tensors are ordinary ones."""
     if isinstance(batch, dict):
-        return {k: first_samples(v, n) for k, v in batch.items()}
-    if isinstance(batch, torch.Tensor | list | tuple) and len(batch) > 0:
-        return batch[:n]
-    return batch
-
-
-def _cloned(batch: Any) -> Any:
-    """A copy of a batch made where it runs (outside inference mode, its tensors are ordinary ones)."""
-    if isinstance(batch, dict):
-        return {k: _cloned(v) for k, v in batch.items()}
-    return batch.clone() if isinstance(batch, torch.Tensor) else batch
+        return {k: one_sample(v) for k, v in batch.items()}
+    if isinstance(batch, torch.Tensor):
+        return batch[:1].clone()
+    return batch[:1] if isinstance(batch, list | tuple) else batch
 
 
 class _EvaluationHooks(Callback):
@@ -90,21 +84,20 @@ class _EvaluationHooks(Callback):
 class InferenceProfiler(_EvaluationHooks):
     """Model time (data loading excluded) and images of the last test loop (``stage="validate"``: of the
     last ``validate`` run), for images/s; the peak memory of that loop (CUDA allocator, or the process's
-    RSS on a CPU); and, with ``flops=True``, the GFLOPs of one image through the model's ``predict_step``
-    at the evaluated size (counted after the loop, so it cannot disturb the evaluation)."""
+    RSS on a CPU); and the GFLOPs of one image through the model's ``predict_step`` at the evaluated size
+    (counted after the loop, so it cannot disturb the evaluation)."""
 
-    def __init__(self, stage: str = "test", flops: bool = True) -> None:
+    def __init__(self, stage: str = "test") -> None:
         super().__init__(stage)
-        self.flops = flops
         self.seconds = 0.0
         self.images = 0
         self.peak_memory_mib: float | None = None
         self.gflops: float | None = None
         self._start_time = 0.0
-        self._one_image = None
+        self._first_batch = None
 
     def _start(self, trainer, pl_module) -> None:
-        self.seconds, self.images, self._one_image = 0.0, 0, None
+        self.seconds, self.images, self._first_batch = 0.0, 0, None
         reset_peak_memory(pl_module.device)
 
     def _batch_start(self, pl_module, batch) -> None:
@@ -115,17 +108,17 @@ class InferenceProfiler(_EvaluationHooks):
         _synchronize(pl_module)
         self.seconds += time.perf_counter() - self._start_time
         self.images += int(batch["image"].shape[0])
-        if self.flops and self._one_image is None:
-            self._one_image = first_samples(batch)
+        if self._first_batch is None:
+            self._first_batch = batch
 
     def _end(self, trainer, pl_module) -> None:
         self.peak_memory_mib = round(peak_memory_mib(pl_module.device), 1)
-        if self._one_image is not None:
+        if self._first_batch is not None:
             try:
-                self.gflops = round(count_gflops(lambda: pl_module.predict_step(_cloned(self._one_image), 0)), 3)
+                self.gflops = round(count_gflops(lambda: pl_module.predict_step(one_sample(self._first_batch), 0)), 3)
             except Exception as error:  # noqa: BLE001 — a FLOP count is a nicety; never lose the evaluation
                 log.warning("could not count the FLOPs of %s: %s", type(pl_module).__name__, error)
-            self._one_image = None
+            self._first_batch = None
 
     @property
     def images_per_second(self) -> float:
