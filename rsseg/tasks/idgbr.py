@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from rsseg.models.idgbr import DEFAULT_SD_MODEL, IDGBR, LabelEmbedding, sample_timesteps
@@ -277,6 +278,17 @@ class IDGBRTask(SegmentationTask):
         self.log("train/loss_mse", mse.detach(), batch_size=n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Norm clipping (the configs' ``gradient_clip_val: 1.0``) also under FSDP: the norm of sharded
+        gradients has to be reduced across ranks, which only the root ``FullyShardedDataParallel.clip_grad_norm_``
+        does — Lightning's FSDP precision plugin refuses norm clipping for that reason."""
+        if (isinstance(self.trainer.strategy, FSDPStrategy) and gradient_clip_val
+                and gradient_clip_algorithm in (None, "norm")):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # --- inference (Algorithm 2) ------------------------------------------------------------------------
     def refine(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
