@@ -92,7 +92,8 @@ def test_bench_on_synthetic_default(tmp_path, monkeypatch, capsys):
     rows = list(csv.DictReader(open(run / "results.csv")))
     assert [r["method"] for r in rows] == methods
     table = (run / "results.md").read_text()
-    assert "Synthetic data" in table and "| unet |" in table and "| idgbr(unet) |" in table
+    assert "Synthetic data" in table and "| unet |" in table and "| idgbr(unet) † |" in table
+    assert "† IDGBR from a random tiny diffusion UNet" in table  # the smoke refiner is flagged
     assert "| mWFm | boundary_WF |" in table
     for picture in ("bar_mIoU.png", "bar_boundary_WF.png", "per_class_iou.png", "speed_accuracy.png",
                     "qualitative.png"):

@@ -72,7 +72,7 @@ def test_danet_learns_the_synthetic_refsegrs(tmp_path):
     """
     root = tmp_path / "data"
     write_synthetic_refsegrs(root, counts=(160, 4, 40), size=128)
-    args = cli_args("danet", root, tmp_path, max_steps=200, limit_val_batches=0, log_every_n_steps=10)
+    args = cli_args("danet", root, tmp_path, max_steps=300, limit_val_batches=0, log_every_n_steps=10)
     args += ["--data.init_args.batch_size", "8", "--data.init_args.native_masks", "false"]
     main(["fit", *args])
     [checkpoint] = list(tmp_path.rglob("last.ckpt"))

@@ -208,6 +208,15 @@ class IDGBRTask(SegmentationTask):
             dim = _dino_dim(repa_model, repa_pretrained, repa_config)
             self.repa_projector = RepaProjector(self.net.repa_channels, dim, repa_hidden)
 
+    @property
+    def bench_note(self) -> str | None:
+        """Why a bench row of this model says nothing about the method, if it does (a random tiny UNet)."""
+        if not self.hparams.pretrained:
+            return ("IDGBR from a random tiny diffusion UNet and VAE trained for a few dozen steps (offline smoke "
+                    "profile): the refiner has not learnt to denoise, so it scores below its coarse maps; the paper "
+                    "profile fine-tunes Stable Diffusion v1.5")
+        return None
+
     def build_network(self) -> nn.Module:
         if self._label_embedding_path:
             embedding = load_label_embedding(self._label_embedding_path, self.num_classes)
