@@ -260,7 +260,15 @@ def test_report_columns_follow_the_task(tmp_path):
     assert "native/oIoU" in next(csv.reader(open(tmp_path / "referring" / "results.csv")))
 
 
-@pytest.mark.parametrize("dataset", ["potsdam", "vaihingen", "chn6cug", "loveda"])
+def test_every_dataset_has_a_bench_plan():
+    from rsseg.data.registry import DATAMODULES
+
+    for dataset in DATAMODULES:
+        for profile in ("smoke", "paper"):
+            assert load_plan(dataset, profile).configs, (dataset, profile)
+
+
+@pytest.mark.parametrize("dataset", ["potsdam", "vaihingen", "chn6cug", "loveda", "uavid"])
 @pytest.mark.parametrize("profile", ["smoke", "paper"])
 def test_every_bench_run_parses(dataset, profile, tmp_path, capsys):
     """Each method, refiner, label-embedding and VAE run of a plan parses as LightningCLI gets it."""
@@ -279,7 +287,10 @@ def test_every_bench_run_parses(dataset, profile, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(["fit", *args, "--print_config"])
         assert exit_info.value.code == 0, args
-    assert ("IDGBRTask" if plan.refiner else "SDCITask") in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    expected = {"D2LSTask", "SMPSegmentationTask", *(["IDGBRTask"] if plan.refiner else []),
+                *(["SDCITask"] if "sdci" in plan.configs else [])}
+    assert {name for name in expected if f"rsseg.tasks.{name}" in printed} == expected
 
 
 def test_majority_row_counts_training_masks_without_a_manifest(tmp_path):

@@ -1,11 +1,15 @@
-"""FLOP counts checked by hand, and peak memory that sees an allocation."""
+"""FLOP counts checked by hand, and a resettable peak memory that sees an allocation (with and without
+the kernel's high-water-mark reset)."""
 
 from __future__ import annotations
 
-import numpy as np
+import mmap
+import time
+
 import torch
 from torch import nn
 
+from rsseg import profiling
 from rsseg.profiling import count_gflops, peak_memory_mib, reset_peak_memory
 
 
@@ -34,9 +38,43 @@ def test_flops_by_hand_inside_inference_mode():
         assert count_gflops(lambda: model(image.clone())) * 1e9 == conv + projections + attention
 
 
-def test_peak_memory_sees_a_large_allocation():
+def _touched_block(mib: int) -> mmap.mmap:
+    """Fresh anonymous memory, every page written: RSS grows by ``mib`` (a malloc could reuse freed pages that
+    are still resident in a long-running process, such as the test session). ``close()`` gives it back."""
+    block = mmap.mmap(-1, mib * 2**20)
+    page = b"\1" * mmap.PAGESIZE
+    for offset in range(0, len(block), mmap.PAGESIZE):
+        block[offset:offset + mmap.PAGESIZE] = page
+    return block
+
+
+def test_peak_memory_resets_and_sees_a_large_allocation():
+    _touched_block(256).close()  # a past peak the reset must forget
     reset_peak_memory("cpu")
     before = peak_memory_mib("cpu")
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    assert before < _current_rss_mib() + 100
+    block = _touched_block(64)
     assert peak_memory_mib("cpu") >= before + 60
-    del block
+    block.close()
+
+
+def test_peak_memory_without_clear_refs_samples_a_freed_allocation(monkeypatch, tmp_path):
+    monkeypatch.setattr(profiling, "CLEAR_REFS", str(tmp_path))  # a folder: writing it fails, as in gVisor
+    _touched_block(256).close()
+    try:
+        reset_peak_memory("cpu")
+        before = peak_memory_mib("cpu")
+        assert before < _current_rss_mib() + 100  # not the kernel's unresettable high-water mark
+        block = _touched_block(64)
+        time.sleep(0.05)  # the sampler polls every 2 ms
+        block.close()  # gone before the peak is read: only the sampler saw it
+        assert peak_memory_mib("cpu") >= before + 60
+    finally:
+        monkeypatch.undo()
+        reset_peak_memory("cpu")  # stops the sampler
+    assert profiling._sampler is None
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
