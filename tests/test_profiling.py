@@ -52,7 +52,7 @@ def test_peak_memory_resets_and_sees_a_large_allocation():
     _touched_block(256).close()  # a past peak the reset must forget
     reset_peak_memory("cpu")
     before = peak_memory_mib("cpu")
-    assert before < _current_rss_mib() + 100
+    assert before < profiling._status_mib("VmRSS") + 100
     block = _touched_block(64)
     assert peak_memory_mib("cpu") >= before + 60
     block.close()
@@ -64,7 +64,7 @@ def test_peak_memory_without_clear_refs_samples_a_freed_allocation(monkeypatch, 
     try:
         reset_peak_memory("cpu")
         before = peak_memory_mib("cpu")
-        assert before < _current_rss_mib() + 100  # not the kernel's unresettable high-water mark
+        assert before < profiling._status_mib("VmRSS") + 100  # not the kernel's unresettable high-water mark
         block = _touched_block(64)
         time.sleep(0.05)  # the sampler polls every 2 ms
         block.close()  # gone before the peak is read: only the sampler saw it
@@ -74,7 +74,3 @@ def test_peak_memory_without_clear_refs_samples_a_freed_allocation(monkeypatch, 
         reset_peak_memory("cpu")  # stops the sampler
     assert profiling._sampler is None
 
-
-def _current_rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
