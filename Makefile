@@ -18,13 +18,17 @@ $(BIN)/rsseg: pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
-# make bench DATASET=potsdam|vaihingen|chn6cug|refsegrs|loveda [DATA_ROOT=…] [PROFILE=smoke|paper] [METHODS=unet,d2ls]
-#            [DEVICES=2 STRATEGY=ddp]   (DEVICES/STRATEGY go to every method's Lightning trainer)
+# make bench DATASET=potsdam|vaihingen|chn6cug|refsegrs|loveda|uavid [DATA_ROOT=…] [PROFILE=smoke|paper]
+#            [METHODS=unet,d2ls] [DEVICES=2 STRATEGY=ddp]   (DEVICES/STRATEGY go to every method's Lightning trainer)
+# Every value reaches rsseg as one shell-quoted argument: spaces stay in it, `;` or `$(…)` never run.
+quote = '$(subst ','"'"',$(1))'
+
 bench: install
-	$(BIN)/rsseg bench $(DATASET) --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT),) \
-		$(if $(METHODS),--methods $(METHODS),) \
-		$(if $(DEVICES)$(STRATEGY),-- $(if $(DEVICES),--trainer.devices $(DEVICES),) \
-		$(if $(STRATEGY),--trainer.strategy $(STRATEGY),),)
+	$(call quote,$(BIN)/rsseg) bench $(call quote,$(DATASET)) --profile $(call quote,$(PROFILE)) \
+		$(if $(DATA_ROOT),--data-root $(call quote,$(DATA_ROOT)),) \
+		$(if $(METHODS),--methods $(call quote,$(METHODS)),) \
+		$(if $(DEVICES)$(STRATEGY),-- $(if $(DEVICES),--trainer.devices $(call quote,$(DEVICES)),) \
+		$(if $(STRATEGY),--trainer.strategy $(call quote,$(STRATEGY)),),)
 
 lint: install
 	$(BIN)/ruff check rsseg tests benchmarks

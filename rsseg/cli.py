@@ -15,12 +15,15 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+logger = logging.getLogger(__name__)
+
 LIGHTNING_COMMANDS = {
     "fit": "train a model (LightningCLI; see `rsseg fit --help`)",
     "validate": "evaluate on the validation split",
     "test": "evaluate on the test split",
     "predict": "predict label maps",
 }
+OWN_COMMANDS = ("prepare", "synth", "bench")
 
 
 def _lightning_cli(args: Sequence[str], run: bool = True):
@@ -30,11 +33,89 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
 
     import rsseg.data  # noqa: F401  (short class names in configs)
     import rsseg.tasks  # noqa: F401
+    from rsseg.checkpoints import CheckpointError, names_a_file, read_checkpoint, reconcile_hparams
     from rsseg.tracking import RecordedConfig, WandbEvaluationLogger, default_logger
 
     class RssegCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+        def parse_arguments(self, parser, args) -> None:
+            self._args = args
+            self._ckpt_report = None
+            super().parse_arguments(parser, args)
+
+        def _parse_ckpt_path(self) -> None:
+            """A ``--ckpt_path`` checkpoint's hyper-parameters fill in what the user did not set; see
+            :mod:`rsseg.checkpoints` (Lightning's own version lets them replace explicit settings)."""
+            subcommand = self.config.get("subcommand")
+            if not subcommand:
+                return
+            config = self.config[subcommand]
+            if config.get("weights_only") is False:
+                raise CheckpointError("--weights_only false would unpickle the checkpoint (a file can run code that "
+                                      "way); rsseg loads checkpoints with weights_only=True")
+            config.weights_only = True  # also for remote checkpoints, where Lightning would default to False
+            ckpt_path = config.get("ckpt_path")
+            if not ckpt_path or not names_a_file(ckpt_path):
+                return
+            hparams = dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {})
+            model = config.model
+            stored_class = hparams.get("_class_path")
+            if stored_class and stored_class != model.class_path:
+                raise CheckpointError(f"{ckpt_path}: a {stored_class} checkpoint, but the configuration builds a "
+                                      f"{model.class_path}; use the config it was trained with")
+            explicit_model = self._explicit_config(subcommand).get("model") or {}
+            explicit = set((explicit_model.get("init_args") or {}).keys())
+            report = reconcile_hparams(hparams, model.init_args.as_dict(), explicit)
+            if report.from_checkpoint:
+                update = {"class_path": model.class_path, "init_args": report.from_checkpoint}
+                self.config = self.parser.parse_object({subcommand: {"model": update}}, self.config)
+            if report.overridden:
+                logger.warning("%s: trained with other settings; the configured ones are used: %s", ckpt_path,
+                               report.describe())
+            if report.unknown:
+                logger.warning("%s: stored settings that %s no longer has are ignored: %s", ckpt_path,
+                               model.class_path, ", ".join(report.unknown))
+            self._ckpt_report = (ckpt_path, report)
+
+        def _explicit_config(self, subcommand: str):
+            """The subcommand's settings the user gave (config files and flags), without defaults."""
+            return self.parser.parse_args(self._args, defaults=False)[subcommand]
+
+        def instantiate_classes(self) -> None:
+            try:
+                super().instantiate_classes()
+            except Exception as error:
+                if self._ckpt_report is None:
+                    raise
+                raise self._checkpoint_error(error, "the model could not be built") from error
+            subcommand = self.config.get("subcommand")
+            if subcommand:
+                self._check_num_classes(subcommand)
+
+        def _check_num_classes(self, subcommand: str) -> None:
+            """``num_classes`` comes from the datamodule; an explicit other value is an error, not overwritten."""
+            given = ((self._explicit_config(subcommand).get("model") or {}).get("init_args") or {}).get("num_classes")
+            actual = getattr(self.datamodule, "num_classes", None)
+            if given is not None and actual is not None and given != actual:
+                raise ValueError(f"--model.init_args.num_classes {given} contradicts the data: "
+                                 f"{type(self.datamodule).__name__} has {actual} classes (num_classes comes from "
+                                 "the datamodule; drop the setting)")
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            try:
+                super()._run_subcommand(subcommand)
+            except RuntimeError as error:
+                if self._ckpt_report is None or "state_dict" not in str(error):
+                    raise
+                raise self._checkpoint_error(error, "its weights do not fit the configured model") from error
+
+        def _checkpoint_error(self, error: Exception, what: str) -> CheckpointError:
+            """``error`` as a CheckpointError naming the checkpoint and the settings that differ from it."""
+            ckpt_path, report = self._ckpt_report
+            differences = f"; configured unlike the checkpoint: {report.describe()}" if report.overridden else ""
+            return CheckpointError(f"{ckpt_path}: {what} ({original_message(error)}){differences}")
 
         def instantiate_trainer(self, **kwargs):
             """W&B is the default logger (Lightning's would be TensorBoard/CSV): see :mod:`rsseg.tracking`."""
@@ -125,27 +206,95 @@ def _dataset_key(name: str) -> str:
     return name.lower().replace("_", "")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the ``sys.stderr`` of the moment: callers of :func:`main` (tests, notebooks) swap it, and a
+    handler holding the first one would write to a closed stream."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _log_to_stderr() -> None:
     """rsseg's own INFO messages on stderr (Lightning configures its own logger)."""
     logger = logging.getLogger("rsseg")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one ``rsseg`` command; every error is one line ``rsseg <command>: error: …`` and exit code 2
+    (``--verbose``: with its traceback), an interrupt exits 130 and a bench with failed methods 1."""
+    argv, verbose = _pop_verbose(list(sys.argv[1:] if argv is None else argv))
+    prog = f"rsseg {argv[0]}" if argv and argv[0] in (*LIGHTNING_COMMANDS, *OWN_COMMANDS) else "rsseg"
+    _log_to_stderr()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 — the one place where every error becomes one line
+        return _report_error(prog, error, verbose)
+
+
+VERBOSE_FLAG = "--verbose"
+# Errors whose message is the whole story (a file, a setting, a checkpoint); others are likely bugs.
+USER_ERRORS = ("DataError", "PlanError", "CheckpointError", "ValueError", "OSError")  # and their subclasses
+
+
+def _pop_verbose(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` without rsseg's own ``--verbose`` (arguments after ``--`` belong to Lightning)."""
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    if VERBOSE_FLAG not in own:
+        return argv, False
+    position = own.index(VERBOSE_FLAG)
+    return argv[:position] + argv[position + 1:], True
+
+
+def _report_error(prog: str, error: Exception, verbose: bool) -> int:
+    """Print ``error`` as one line (its traceback first with ``verbose``); exit code 2."""
+    import traceback
+
+    if verbose:
+        traceback.print_exception(error)
+    kind = type(error).__name__
+    hint = ""
+    if not verbose and not any(cls.__name__ in USER_ERRORS for cls in type(error).__mro__):
+        hint = f" [{kind}; rerun with {VERBOSE_FLAG} for the traceback]"
+    print(f"{prog}: error: {original_message(error)}{hint}", file=sys.stderr)
+    return 2
+
+
+def original_message(error: BaseException) -> str:
+    """The message of ``error`` on one line. An error raised in a DataLoader worker reaches the main process
+    re-created around the worker's whole traceback; the original message is its last entry."""
+    text = str(error).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        name = type(error).__name__
+        cut = max(text.rfind(f".{name}: "), text.rfind(f"\n{name}: "))
+        if cut >= 0:
+            text = text[text.index(": ", cut) + 2:].strip()
+    return " ".join(line.strip() for line in text.splitlines()) or type(error).__name__
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from rsseg.tracking import finish_wandb_run
 
+        exit_code = 1
         try:
             _lightning_cli(argv)
+            exit_code = 0
         finally:
-            finish_wandb_run()
+            finish_wandb_run(exit_code)
         return 0
-    _log_to_stderr()
     parser = _build_parser()
     argv, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     args = parser.parse_args(argv)
@@ -155,19 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-
-    from rsseg.bench.plan import PlanError
-    from rsseg.data.errors import DataError
-
-    try:
-        return _run_command(args)
-    except (DataError, PlanError) as error:
-        print(f"rsseg {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    return _run_command(args)
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    from rsseg.data.registry import PREPARERS, SYNTHESIZERS
+    from rsseg.data.registry import PREPARERS
 
     if args.command == "prepare":
         preparer = PREPARERS[args.dataset]
@@ -181,15 +322,21 @@ def _run_command(args: argparse.Namespace) -> int:
         preparer(args.src, args.dst, patch_size=args.patch_size, stride=args.stride, workers=args.workers,
                  force=args.force, **optional)
     elif args.command == "synth":
-        files = SYNTHESIZERS[args.dataset](args.dst, seed=args.seed)
+        from rsseg.data.synthetic import write_synthetic
+
+        files = write_synthetic(args.dataset, args.dst, seed=args.seed)
         print(f"wrote {len(files)} synthetic {args.dataset} files to {args.dst}")
     elif args.command == "bench":
-        from rsseg.bench.runner import run_bench
+        from rsseg.bench.runner import BenchFailed, run_bench
 
         methods = args.methods.split(",") if args.methods else None
-        run_bench(args.dataset, data_root=args.data_root, profile=args.profile, methods=methods,
-                  out=args.out, cache=args.cache, lightning_args=args.lightning_args,
-                  refiner_args=args.refiner_args, refiner_stage_args=args.refiner_stage_args)
+        try:
+            run_bench(args.dataset, data_root=args.data_root, profile=args.profile, methods=methods,
+                      out=args.out, cache=args.cache, lightning_args=args.lightning_args,
+                      refiner_args=args.refiner_args, refiner_stage_args=args.refiner_stage_args)
+        except BenchFailed as failed:
+            print(f"rsseg bench: error: {failed}", file=sys.stderr)
+            return 1
     return 0
 
 

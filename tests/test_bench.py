@@ -312,7 +312,8 @@ def test_majority_row_counts_training_masks_without_a_manifest(tmp_path):
 
 def test_bench_scores_val_where_test_labels_are_private(tmp_path, monkeypatch):
     """LoveDA: the reference row and SDCI (training-free: evaluated only, its random weights flagged) on Val;
-    D2LS, given an argument only SDCI has, fails and is reported as failed while SDCI still runs."""
+    D2LS, given an argument only SDCI has, fails and is reported as failed while SDCI still runs; the bench then
+    exits 1."""
     from rsseg.data.synthetic import write_synthetic_loveda
 
     monkeypatch.chdir(tmp_path)
@@ -322,7 +323,7 @@ def test_bench_scores_val_where_test_labels_are_private(tmp_path, monkeypatch):
     code = main(["bench", "loveda", "--methods", "d2ls,sdci", "--out", "out", "--cache", "cache", "--",
                  "--data.init_args.num_workers", "0", "--trainer.accelerator", "cpu",
                  "--model.init_args.inference_window", "64", "--model.init_args.prompt_setting", "gen"])
-    assert code == 0
+    assert code == 1
     [run] = list((tmp_path / "out" / "loveda").iterdir())
     payload = json.loads((run / "results.json").read_text())
     assert payload["meta"]["evaluated_split"] == "val"

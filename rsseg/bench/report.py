@@ -7,8 +7,10 @@ metrics, referring segmentation per-expression ones (LAVT's oIoU, mIoU and Pr@X)
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,30 +79,66 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def json_safe(value):
+    """``value`` with every NaN and ±inf float replaced by None, in nested dicts and lists: strict JSON has no
+    NaN (Python writes a bare ``NaN`` that other parsers reject), and null is what a missing number reads as."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(value) -> str:
+    """Strict JSON of ``value`` (NaN/±inf as null; anything else non-standard raises rather than slipping out)."""
+    return json.dumps(json_safe(value), indent=2, allow_nan=False)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` through a temporary file and ``os.replace``: the bench rewrites its tables
+    after every method, and a bench killed (or a reader arriving) mid-write must find the old file or the new
+    one, never half of one."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 # What each method costs, after its metrics: parameters, GFLOPs of one image at the evaluated size, training
 # time, inference images/s and the evaluation's peak memory (CUDA allocator, or process RSS on a CPU).
 COST_COLUMNS = ("params", "gflops", "train_time_s", "inference_img_per_s", "peak_memory_mib")
 
 
 def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
-    """results.{json,csv,md}; ``meta["task"]`` picks the columns (see TASK_COLUMNS)."""
+    """results.{json,csv,md}, each replaced atomically; ``meta["task"]`` picks the columns (see TASK_COLUMNS).
+
+    The bench calls it after every row with ``meta["complete"]`` false (and ``meta["pending"]``, the rows still
+    to run), so a run cut short keeps what it finished; the tables say so above the header."""
     run_dir = Path(run_dir)
     task = meta["task"]
-    (run_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_atomically(run_dir / "results.json", json_text({"meta": meta, "rows": rows}))
 
     metrics = metric_columns(task, rows)
     columns = ["method", *metrics, *per_class_columns(rows, "F1"), *COST_COLUMNS]
     columns += sorted({k for row in rows for k in row} - set(columns))
-    with open(run_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(run_dir / "results.csv", table.getvalue())
 
     head = ["method", *map(_label, metrics), "params (M)", "GFLOPs", "train (s)", "img/s", "peak MiB"]
     lines = [f"# rsseg bench: {meta['dataset']} ({meta['profile']} profile)", ""]
     if meta.get("synthetic"):
         lines += ["> **Synthetic data.** These numbers come from rsseg's synthetic twin of the dataset, "
                   "not from the real data.", ""]
+    lines += _incomplete_note(meta)
     split = meta.get("evaluated_split", "test")
     lines += [f"Device: {meta['device']}. Scored on the {split} split. {task_columns(task).note}", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -111,6 +149,9 @@ def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
         if row.get("failed"):
             notes.append(f"failed: {row['failed']}")
             method += " (failed) " + "†" * len(notes)
+        elif row.get("interrupted"):
+            notes.append(f"interrupted by {row['interrupted']} before it finished")
+            method += " (interrupted) " + "†" * len(notes)
         elif row.get("note"):
             notes.append(row["note"])
             method += " " + "†" * len(notes)
@@ -119,7 +160,17 @@ def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
                  *(_fmt_plain(row.get(k)) for k in COST_COLUMNS[1:])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"{'†' * (i + 1)} {note}" for i, note in enumerate(notes)] if notes else []
-    (run_dir / "results.md").write_text("\n".join(lines) + "\n")
+    write_atomically(run_dir / "results.md", "\n".join(lines) + "\n")
+
+
+def _incomplete_note(meta: dict) -> list[str]:
+    """The lines that flag tables of a bench still running, or cut short (``meta["complete"]`` false)."""
+    if meta.get("complete", True):
+        return []
+    pending = ", ".join(meta.get("pending") or []) or "none"
+    if meta.get("interrupted"):
+        return [f"> **Incomplete: interrupted by {meta['interrupted']}.** Not run: {pending}.", ""]
+    return [f"> **Incomplete: the bench is still running, or was killed.** Not run yet: {pending}.", ""]
 
 
 def _fmt_plain(value) -> str:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import signal
+import threading
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rsseg.bench.plan import BenchPlan, load_plan, merged_config
 from rsseg.bench.plots import write_plots
 from rsseg.bench.refine import RefinerStages, write_coarse_maps
-from rsseg.bench.report import constant_mask_rows, majority_class_row, write_report
+from rsseg.bench.report import constant_mask_rows, json_text, majority_class_row, write_atomically, write_report
 from rsseg.bench.runs import Tracking, announce, close_failed_run, fit_and_test
 from rsseg.bench.sources import resolve_prepared_root
 from rsseg.bench.summary import log_summary_run
@@ -36,18 +39,102 @@ def run_method(method: str, config: Path, plan: BenchPlan, root: Path, run_dir: 
     return {"method": method, "config": str(config), **row}, samples
 
 
-def guarded(name: str, run, *args, **kwargs) -> tuple[dict, object]:
+class BenchFailed(Exception):
+    """Some method (or refiner row) of a bench failed. Raised after every table, plot and the manifest are
+    written, so the other methods' results stay on disk while the CLI still exits non-zero."""
+
+    def __init__(self, run_dir: Path, failed: list[str], total: int | None = None) -> None:
+        self.run_dir, self.failed = Path(run_dir), list(failed)
+        total = len(self.failed) if total is None else total
+        super().__init__(f"{len(self.failed)} of {total} methods failed ({', '.join(self.failed)}); "
+                         f"see {self.run_dir / 'results.md'}")
+
+
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupts:
+    """SIGINT and SIGTERM handlers for the duration of a bench (a context manager; the previous handlers come
+    back on exit). Each records which signal came and raises KeyboardInterrupt.
+
+    Lightning catches a KeyboardInterrupt in fit/test, shuts down, ignores SIGINT from then on and calls
+    ``sys.exit(1)``: without the record, that SystemExit reads like LightningCLI rejecting a configuration and
+    the bench would go on to the next method. SIGTERM would otherwise only set Lightning's flag (its loops then
+    raise a SIGTERMException, also a SystemExit) or kill the process without writing anything. Outside the
+    main thread (where Python cannot set handlers) nothing is installed, and the chain of the exception is
+    the only evidence (see ``interrupted_by``).
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.getsignal(signum) for signum in INTERRUPT_SIGNALS}
+            self.rearm()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self._previous = {}
+
+    def rearm(self) -> None:
+        """(Re)install the handlers: Lightning leaves SIGINT ignored after it handled a KeyboardInterrupt."""
+        for signum in self._previous:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received = self.received or signal.Signals(signum).name
+        raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
+
+    def interrupted_by(self, error: BaseException) -> str | None:
+        """The signal that ended a run that raised ``error``, or None when it simply failed: the one these
+        handlers received, else a KeyboardInterrupt or Lightning's SIGTERMException in the chain of ``error``
+        (Lightning's ``sys.exit(1)`` is raised while handling the KeyboardInterrupt, its context)."""
+        if self.received:
+            return self.received
+        seen: set[int] = set()
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            if isinstance(error, KeyboardInterrupt):
+                return "SIGINT"
+            if isinstance(error, SIGTERMException):
+                return "SIGTERM"
+            error = error.__cause__ or error.__context__
+        return None
+
+
+def guarded(name: str, run, *args, interrupts: Interrupts | None = None, **kwargs) -> tuple[dict, object]:
     """``run(*args, **kwargs)``'s row and samples, or on an error a row saying the run failed and why (the
-    traceback goes to the log) and no samples, so one method's failure does not end the comparison."""
+    traceback goes to the log) and no samples, so one method's failure does not end the comparison.
+
+    An interrupt (see ``Interrupts``) is no failure: the row is ``{"method", "interrupted": <signal>}`` and
+    the caller stops the bench. ``interrupts``' handlers are re-installed after the run either way."""
     try:
         return run(*args, **kwargs)
-    except (Exception, SystemExit) as error:  # noqa: BLE001 — reported, not raised (SystemExit: a config error)
-        log.exception("%s failed; the bench goes on with the other methods", name)
+    except (Exception, SystemExit, KeyboardInterrupt) as error:  # noqa: BLE001 — reported, not raised
         close_failed_run()
-        reason = f"{type(error).__name__}: {error}"
-        if isinstance(error, SystemExit):
-            reason = "LightningCLI rejected its configuration (the error is printed above the traceback)"
-        return {"method": name, "failed": reason}, None
+        signal_name = (interrupts or Interrupts()).interrupted_by(error)
+        if signal_name:
+            log.warning("%s interrupted by %s; the bench writes its tables and stops", name, signal_name)
+            return {"method": name, "interrupted": signal_name}, None
+        log.exception("%s failed; the bench goes on with the other methods", name)
+        return {"method": name, "failed": failure_reason(error)}, None
+    finally:
+        if interrupts is not None:
+            interrupts.rearm()
+
+
+def failure_reason(error: BaseException) -> str:
+    """The report's reason for a failed run. jsonargparse exits with code 2 on a configuration it rejects;
+    any other SystemExit is reported with its code, not as a configuration error."""
+    if isinstance(error, SystemExit):
+        if error.code == 2:
+            return "LightningCLI rejected its configuration (the error is printed above the traceback)"
+        return f"the run exited (SystemExit with code {error.code})"
+    return f"{type(error).__name__}: {error}"
 
 
 def prepared_protocol(root: Path) -> list[str]:
@@ -102,6 +189,12 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
     ``--data``/``--model`` arguments do not fit it) and ``refiner_stage_args`` to the refiner's preliminary
     stages (label embedding, VAE).
 
+    The tables are rewritten after every row (``meta["complete"]`` false until the end). A SIGINT/SIGTERM
+    stops the bench: the interrupted method's row says so, the tables are written and KeyboardInterrupt is
+    raised. When every row was run but some failed, ``BenchFailed`` is raised after everything is written.
+    The run folder is created once the data and the reference rows are ready, and removed again if an error
+    leaves it empty.
+
     Under DDP (``--trainer.devices N --trainer.strategy ddp``) Lightning re-runs this command in every rank:
     the ranks share the run folder (``RSSEG_BENCH_RUN_DIR``), run every method together, and rank 0 writes
     the report.
@@ -110,40 +203,145 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
     source = resolve_prepared_root(dataset, data_root, Path(cache), plan.prepare)
     if source.synthetic:
         print(SYNTHETIC_BANNER.format(dataset=dataset), flush=True)
-    run_dir = shared_run_dir(Path(out) / dataset)
-    try:
-        _run_plan(plan, source, run_dir, profile, list(lightning_args), list(refiner_args), list(refiner_stage_args))
-    finally:
-        if os.environ.get(RUN_DIR_ENV) == str(run_dir):
-            del os.environ[RUN_DIR_ENV]  # the next bench in this process gets a folder of its own
+    with Interrupts() as interrupts:
+        references = reference_rows(plan, source.prepared)
+        inherited = bool(os.environ.get(RUN_DIR_ENV))  # a DDP rank: the launching rank owns the folder
+        run_dir = shared_run_dir(Path(out) / dataset)
+        try:
+            progress = _run_plan(plan, source, run_dir, profile, references, interrupts, list(lightning_args),
+                                 list(refiner_args), list(refiner_stage_args))
+        except BaseException:
+            if not inherited:
+                remove_if_empty(run_dir)
+            raise
+        finally:
+            if os.environ.get(RUN_DIR_ENV) == str(run_dir):
+                del os.environ[RUN_DIR_ENV]  # the next bench in this process gets a folder of its own
     print(f"results: {run_dir}", flush=True)
+    if progress.failed:
+        raise BenchFailed(run_dir, progress.failed, total=len(progress.rows) - len(references))
     return run_dir
 
 
-def _run_plan(plan: BenchPlan, source, run_dir: Path, profile: str, lightning_args: list[str],
-              refiner_args: list[str], refiner_stage_args: list[str]) -> None:
-    """Every method of ``plan`` (and its refinement) in ``run_dir``, then on rank 0 the report."""
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if nothing was written in it: an early error must not leave empty run folders."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (or already gone): what is there stays
+
+
+def planned_rows(plan: BenchPlan) -> list[str]:
+    """The names of the rows the plan's runs give, in run order: each method, then its refined row."""
+    names = []
+    for method in plan.configs:
+        names.append(method)
+        if plan.refiner and method in plan.refined:
+            names.append(f"{plan.refiner}({method})")
+    return names
+
+
+@dataclass
+class Progress:
+    """The tables of a running bench, rewritten (atomically) after every row so a bench killed or interrupted
+    mid-run keeps the rows it finished: ``meta["complete"]`` is false and ``meta["pending"]`` lists the rows
+    not run yet until the final write. Only rank 0 writes (under DDP every rank runs the bench)."""
+
+    run_dir: Path
+    meta: dict
+    manifest: dict | None
+    rows: list[dict]
+    pending: list[str]
+    interrupted: str | None = None
+    failed: list[str] = field(default_factory=list)
+
+    def add(self, row: dict) -> None:
+        """Record a run's row (no longer pending) and write the tables."""
+        self.rows.append(row)
+        self.skip(row["method"])
+        if row.get("failed"):
+            self.failed.append(row["method"])
+        self.interrupted = self.interrupted or row.get("interrupted")
+        self.write()
+
+    def skip(self, name: str) -> None:
+        """``name`` will not run (done, or a refined row whose method failed)."""
+        if name in self.pending:
+            self.pending.remove(name)
+
+    def write(self, complete: bool = False) -> None:
+        """results.{json,csv,md} and manifest.json as they stand (``complete`` only for the final write)."""
+        if rank_zero_only.rank != 0:
+            return
+        self.meta |= {"complete": complete, "pending": [] if complete else list(self.pending)}
+        if self.interrupted:
+            self.meta["interrupted"] = self.interrupted
+        self.manifest["methods"] = manifest_methods(self.rows)
+        write_atomically(self.run_dir / "manifest.json", json_text(self.manifest))
+        write_report(self.run_dir, self.rows, self.meta)
+
+
+def _run_plan(plan: BenchPlan, source, run_dir: Path, profile: str, references: list[dict],
+              interrupts: Interrupts, lightning_args: list[str], refiner_args: list[str],
+              refiner_stage_args: list[str]) -> Progress:
+    """Every method of ``plan`` (and its refinement) in ``run_dir``, the tables rewritten after each, then on
+    rank 0 the plots and the W&B summary; the rows and which failed. Raises KeyboardInterrupt (after writing
+    the tables) when interrupted."""
     dataset = plan.dataset
     tracking = Tracking(group=dataset, tags=(f"bench-{run_dir.name}", f"profile-{profile}"))
+    progress = Progress(run_dir, bench_meta(plan, source, profile), None, list(references), planned_rows(plan))
+    if rank_zero_only.rank == 0:
+        progress.manifest = bench_manifest(plan, source, progress.rows)
+        progress.meta |= {"device": progress.manifest["device"], "manifest": progress.manifest}
+    progress.write()
 
-    rows = reference_rows(plan, source.prepared)
     samples: dict[str, object] = {}
     trainer_args = trainer_flags(lightning_args)  # devices, strategy, …: the refiner's runs take them too
     refiner = (RefinerStages(plan, source.prepared, run_dir, tracking, [*trainer_args, *refiner_args],
                              [*trainer_args, *refiner_stage_args]) if plan.refiner else None)
-    for i, (method, config) in enumerate(plan.configs.items(), 1):
-        print(f"\n==> rsseg bench {dataset}: method {i}/{len(plan.configs)}: {method}", flush=True)
-        refined = refiner is not None and method in plan.refined
-        row, samples[method] = guarded(method, run_method, method, config, plan, source.prepared, run_dir,
-                                       tracking, list(lightning_args),
-                                       coarse_maps=refiner.coarse_root if refined else None)
-        rows.append(row)
-        if refined and "failed" not in row:
-            name = f"{plan.refiner}({method})"
-            row, samples[name] = guarded(name, refiner.run, method)
-            rows.append(row)
+    try:
+        for i, (method, config) in enumerate(plan.configs.items(), 1):
+            print(f"\n==> rsseg bench {dataset}: method {i}/{len(plan.configs)}: {method}", flush=True)
+            refined = refiner is not None and method in plan.refined
+            row, samples[method] = guarded(method, run_method, method, config, plan, source.prepared, run_dir,
+                                           tracking, list(lightning_args), interrupts=interrupts,
+                                           coarse_maps=refiner.coarse_root if refined else None)
+            progress.add(row)
+            _stop_if_interrupted(row)
+            if refined:
+                name = f"{plan.refiner}({method})"
+                if "failed" in row:
+                    progress.skip(name)
+                    continue
+                row, samples[name] = guarded(name, refiner.run, method, interrupts=interrupts)
+                progress.add(row)
+                _stop_if_interrupted(row)
+    except KeyboardInterrupt:
+        if not progress.interrupted:  # between runs: no row of its own, the tables say so
+            progress.interrupted = interrupts.received or "SIGINT"
+            progress.write()
+        raise
 
-    meta = {
+    progress.write(complete=True)
+    if rank_zero_only.rank == 0:  # under DDP every rank runs the bench; the first one reports
+        panel = qualitative_samples(samples)
+        plots = write_plots(run_dir, progress.rows, progress.meta, **panel)
+        log_summary_run(run_dir, progress.rows, progress.meta, progress.manifest, plots, tracking)
+    if source.synthetic:
+        print(SYNTHETIC_BANNER.format(dataset=dataset), flush=True)
+    return progress
+
+
+def _stop_if_interrupted(row: dict) -> None:
+    """End the bench after an interrupted run (its row and the tables are written): no next method."""
+    if row.get("interrupted"):
+        raise KeyboardInterrupt(f"{row['method']} interrupted by {row['interrupted']}")
+
+
+def bench_meta(plan: BenchPlan, source, profile: str) -> dict:
+    """The tables' ``meta``: what was benched, on which data, when (the bench's start)."""
+    dataset = plan.dataset
+    return {
         "dataset": dataset,
         "task": bench_task(dataset),
         "evaluated_split": "test" if plan.evaluate == "test" else "val",
@@ -153,17 +351,6 @@ def _run_plan(plan: BenchPlan, source, run_dir: Path, profile: str, lightning_ar
         "raw_root": str(source.raw) if source.raw else None,
         "created": datetime.now().isoformat(timespec="seconds"),
     }
-    if rank_zero_only.rank != 0:  # under DDP every rank runs the bench; the first one reports
-        return
-    manifest = bench_manifest(plan, source, rows)
-    meta |= {"device": manifest["device"], "manifest": manifest}
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    write_report(run_dir, rows, meta)
-    panel = qualitative_samples(samples)
-    plots = write_plots(run_dir, rows, meta, **panel)
-    log_summary_run(run_dir, rows, meta, manifest, plots, tracking)
-    if source.synthetic:
-        print(SYNTHETIC_BANNER.format(dataset=dataset), flush=True)
 
 
 RUN_DIR_ENV = "RSSEG_BENCH_RUN_DIR"
@@ -176,10 +363,25 @@ def shared_run_dir(parent: Path) -> Path:
         run_dir = Path(os.environ[RUN_DIR_ENV])
         run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir
-    run_dir = parent / datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=False)
+    run_dir = new_run_dir(parent)
     os.environ[RUN_DIR_ENV] = str(run_dir)
     return run_dir
+
+
+def new_run_dir(parent: Path, now: datetime | None = None) -> Path:
+    """Create ``parent/<YYYYmmdd-HHMMSS>``, or ``…-2``, ``…-3``, … when benches started in the same second
+    have taken the name: ``mkdir`` is atomic, so concurrent benches (processes or threads) each get their own
+    folder without a race between looking and creating."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 10_000):
+        run_dir = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        return run_dir
+    raise FileExistsError(f"{parent}: every run folder name of {stamp} is taken")
 
 
 def trainer_flags(args: list[str]) -> list[str]:
@@ -202,10 +404,16 @@ def bench_manifest(plan: BenchPlan, source, rows: list[dict]) -> dict:
     manifest = run_manifest()
     manifest["data_root"] = str(source.prepared)
     manifest["data_checksum"] = data_checksum(source.prepared)
-    manifest["methods"] = {row["method"]: {k: row[k] for k in ("config", "seed", "protocol", "checkpoint") if k in row}
-                           for row in rows if "config" in row or "failed" in row}
+    manifest["methods"] = manifest_methods(rows)
     manifest["plan"] = {"dataset": plan.dataset, "profile": plan.profile, "evaluate": plan.evaluate}
     return manifest
+
+
+def manifest_methods(rows: list[dict]) -> dict:
+    """The manifest's record of each run row (reference rows have none): its config, seed, protocol and
+    checkpoint, as far as the run got."""
+    return {row["method"]: {k: row[k] for k in ("config", "seed", "protocol", "checkpoint") if k in row}
+            for row in rows if "config" in row or "failed" in row or "interrupted" in row}
 
 
 def qualitative_samples(samples: dict[str, object]) -> dict:

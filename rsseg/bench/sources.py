@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsseg.bench.plan import PlanError
+from rsseg.data.errors import DataError
 from rsseg.data.registry import PREPARERS, SYNTHESIZERS
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,13 @@ def resolve_prepared_root(dataset: str, data_root: str | None, cache: Path, prep
 
     Order: ``data_root`` argument, ``$DATA_ROOT``, ``data/<dataset>`` if it has files, else synthetic.
     Datasets without a preparer (RefSegRS, LoveDA, CHN6-CUG) are read as released: the root is used as is.
+    A named root that does not exist is a ``DataError`` (the CLI prints it without a traceback).
     """
     if prepare and dataset not in PREPARERS:
         raise PlanError(f"{dataset} is read as released and has no preparation; drop `prepare` {prepare} "
                          "from its bench plan")
     root = data_root or os.environ.get("DATA_ROOT") or None
+    given_by = "--data-root" if data_root else "$DATA_ROOT"
     synthetic = False
     if root is None and _has_files(Path("data") / dataset):
         root = Path("data") / dataset
@@ -55,7 +58,8 @@ def resolve_prepared_root(dataset: str, data_root: str | None, cache: Path, prep
         _synthesize(dataset, root)
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"data root {root} does not exist")
+        raise DataError(f"data root {root} (from {given_by}) does not exist: give the folder of the {dataset} "
+                        "release or of a prepared root, or neither --data-root nor $DATA_ROOT for synthetic data")
     if dataset not in PREPARERS or (root / "manifest.json").is_file():
         return DataSource(prepared=root, raw=None, synthetic=synthetic)
     tag = "synthetic" if synthetic else root.resolve().name

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rsseg.data.errors import DataError
-from rsseg.data.io import read_image
+from rsseg.data.io import RAW_FILE_FIX, read_image
 from rsseg.data.prepare import MANIFEST_FORMAT, MANIFEST_NAME, read_manifest
 from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
 
@@ -52,9 +52,16 @@ def open_prepared_root(
     if manifest.get("format") != MANIFEST_FORMAT:
         raise DataError(
             f"{root}: prepared by an incompatible rsseg version (format {manifest.get('format')!r}, "
-            f"expected {MANIFEST_FORMAT}); re-run `{prepare_hint} --force`"
+            f"expected {MANIFEST_FORMAT}); remove it and run `{prepare_hint}` again"
         )
     return manifest
+
+
+def rebuild_command(root: Path, manifest: dict[str, Any], dataset: str = "") -> str:
+    """The command that rebuilds a prepared root; the raw folder is named only when the manifest has it."""
+    source = manifest.get("source_root")
+    source = source if isinstance(source, str) and source else "<your raw folder>"
+    return f"rsseg prepare {manifest.get('dataset') or dataset} --src {source} --dst {root} --force"
 
 
 def normalise(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -130,6 +137,7 @@ class PreparedPatchDataset(Dataset):
             )
         self.patches: list[dict[str, Any]] = manifest["patches"][split]
         self.ignore_index: int = manifest.get("ignore_index", IGNORE_INDEX)
+        self.rebuild_command = rebuild_command(self.root, manifest, self.dataset_name)
 
     def __len__(self) -> int:
         return len(self.patches)
@@ -144,18 +152,33 @@ class PreparedPatchDataset(Dataset):
     def mask_path(self, index: int) -> Path:
         return self.root / self.split / "masks" / f"{self.patches[index]['id']}.png"
 
+    def read_patch(self, path: Path, index: int) -> np.ndarray:
+        """``read_image`` of a file of patch ``index``; a damaged one says how to rebuild the root."""
+        try:
+            return read_image(path)
+        except DataError as error:
+            raise self.damaged(index, str(error).replace(RAW_FILE_FIX, "")) from error
+
+    def damaged(self, index: int, problem: str) -> DataError:
+        """A DataError for an unusable prepared patch: re-extracting the raw archive cannot fix it."""
+        return DataError(
+            f"{problem}. It is patch {self.sample_id(index)} of the {self.split!r} split of the prepared "
+            f"root {self.root}, which must be rebuilt: `{self.rebuild_command}`"
+        )
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.patches[index]
         image_path, mask_path = self.image_path(index), self.mask_path(index)
-        image, mask = read_image(image_path), read_image(mask_path)
+        image, mask = self.read_patch(image_path, index), self.read_patch(mask_path, index)
         if image.ndim != 3:
-            raise DataError(f"{image_path}: expected a multi-band image, got shape {image.shape}")
+            raise self.damaged(index, f"{image_path}: expected a multi-band image, got shape {image.shape}")
         if mask.ndim != 2:
-            raise DataError(f"{mask_path}: expected a single-band index mask, got shape {mask.shape}")
+            raise self.damaged(index, f"{mask_path}: expected a single-band index mask, got shape {mask.shape}")
         if image.shape[:2] != mask.shape:
-            raise DataError(
+            raise self.damaged(
+                index,
                 f"size mismatch: {image_path} is {image.shape[0]}×{image.shape[1]} but "
-                f"{mask_path} is {mask.shape[0]}×{mask.shape[1]}"
+                f"{mask_path} is {mask.shape[0]}×{mask.shape[1]}",
             )
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
@@ -196,12 +219,12 @@ class StitchedTileDataset(Dataset):
         image: np.ndarray | None = None
         mask = np.full((height, width), self.patches.ignore_index, np.uint8)
         for i, entry in zip(self.tiles[tile], entries, strict=True):
-            patch = read_image(self.patches.image_path(i))
+            patch = self.patches.read_patch(self.patches.image_path(i), i)
             if image is None:
                 image = np.zeros((height, width, patch.shape[2]), np.uint8)
             y, x, h, w = entry["y"], entry["x"], entry["height"], entry["width"]
             image[y : y + h, x : x + w] = patch[:h, :w]
-            mask[y : y + h, x : x + w] = read_image(self.patches.mask_path(i))[:h, :w]
+            mask[y : y + h, x : x + w] = self.patches.read_patch(self.patches.mask_path(i), i)[:h, :w]
         return {
             "image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
             "mask": torch.from_numpy(mask).long(),

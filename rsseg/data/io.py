@@ -19,6 +19,11 @@ PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
 PNG_COMPRESS_LEVEL = 1  # lossless either way; level 1 writes several times faster than the default 6
 
 
+# The fix read_image suggests for a damaged raw file; a prepared patch is repaired by rebuilding its
+# root instead, so readers of prepared patches drop this and say that (see ``PreparedPatchDataset``).
+RAW_FILE_FIX = ", re-extract it from the archive"
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read a raster as uint8, H×W×C (bands last) or H×W for a single band.
 
@@ -45,12 +50,12 @@ def read_image(path: str | Path) -> np.ndarray:
     except Exception as error:  # any decoder failure means an unusable file
         raise DataError(
             f"{path}: cannot read image ({type(error).__name__}: {error}); "
-            "the file may be corrupt or truncated, re-extract it from the archive"
+            f"the file may be corrupt or truncated{RAW_FILE_FIX}"
         ) from error
     if array.ndim not in (2, 3) or array.size == 0:
         raise DataError(
             f"{path}: cannot read image (decoded shape {array.shape}); "
-            "the file may be corrupt or truncated, re-extract it from the archive"
+            f"the file may be corrupt or truncated{RAW_FILE_FIX}"
         )
     if array.dtype == np.bool_ or (array.dtype == np.uint16 and array.max(initial=0) <= 255):
         array = array.astype(np.uint8)  # 1-bit masks and 16-bit files holding 8-bit values: lossless

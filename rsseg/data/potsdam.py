@@ -41,6 +41,7 @@ from rsseg.data.isprs_prepare import (  # noqa: F401  (IMAGE_FILL, TileJob, cut_
 )
 from rsseg.data.isprs_prepare import plan_tiles as plan_isprs_tiles
 from rsseg.data.prepare import SplitProtocol
+from rsseg.data.protocols import lookup_protocol
 from rsseg.data.spec import DatasetSpec
 
 DATASET = "potsdam"
@@ -107,9 +108,8 @@ def patch_id(tile: str, y: int, x: int) -> str:
 
 
 def get_protocol(protocol: str) -> SplitProtocol:
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown Potsdam protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[protocol]
+    """The split protocol called ``protocol``; an UnknownProtocolError (a DataError) lists the known ones."""
+    return lookup_protocol(PROTOCOLS, protocol, "Potsdam")
 
 
 def potsdam_spec(protocol: str = DEFAULT_PROTOCOL, test_labels: str = "eroded") -> DatasetSpec:

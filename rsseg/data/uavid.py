@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 import warnings
 from collections import Counter
@@ -63,8 +62,17 @@ from rsseg.data.errors import DataError, DataWarning
 from rsseg.data.io import read_image
 from rsseg.data.palette import decode_colours, pack_rgb
 from rsseg.data.prepare import SplitProtocol, count_pixels, file_fingerprint, map_jobs, prepare_once
+from rsseg.data.protocols import lookup_protocol
 from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
-from rsseg.data.tiling import check_window, split_grid, write_patches
+from rsseg.data.tiling import (
+    check_patch_fits,
+    check_prepare_window,
+    patched_bytes,
+    raster_size,
+    split_grid,
+    write_patches,
+)
+from rsseg.data.walk import check_not_broken, walk_source
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +142,8 @@ _TEST_REFUSAL = (
 
 
 def get_protocol(protocol: str) -> SplitProtocol:
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown UAVid protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[protocol]
+    """The split protocol called ``protocol``; an UnknownProtocolError (a DataError) lists the known ones."""
+    return lookup_protocol(PROTOCOLS, protocol, "UAVid")
 
 
 def uavid_spec(protocol: str = DEFAULT_PROTOCOL) -> DatasetSpec:
@@ -240,7 +247,11 @@ def _natural_key(name: str) -> tuple:
 
 
 def find_release_folders(src: str | Path) -> dict[str, Path]:
-    """The uavid_train/uavid_val/uavid_test folders under ``src`` (at any depth, each at most once)."""
+    """The uavid_train/uavid_val/uavid_test folders under ``src`` (at any depth, each at most once).
+
+    Linked folders are followed (``walk.walk_source``: never twice, never up to ``/``); a release
+    folder that is a broken link is a DataError.
+    """
     src = Path(src)
     if not src.is_dir():
         raise DataError(f"{src}: UAVid source folder does not exist")
@@ -248,12 +259,14 @@ def find_release_folders(src: str | Path) -> dict[str, Path]:
     if src.name in RELEASE_FOLDERS:
         found[src.name] = src
     archives: list[str] = []
-    for folder, subfolders, names in os.walk(src, followlinks=True):
-        subfolders.sort()
+    for folder, subfolders, names in walk_source(src):
         archives += [name for name in names if name.lower().endswith(".zip")]
+        for name in names:
+            if name in RELEASE_FOLDERS:
+                check_not_broken(folder / name)
         for name in list(subfolders):
             if name in RELEASE_FOLDERS:
-                path = Path(folder) / name
+                path = folder / name
                 if name in found and found[name] != path:
                     raise DataError(
                         f"two UAVid {name} folders: {found[name]} and {path}; keep only one of them under {src}"
@@ -271,22 +284,29 @@ def find_release_folders(src: str | Path) -> dict[str, Path]:
 
 def _subfolder(parent: Path, name: str) -> Path | None:
     """``parent/name`` matched case-insensitively (Images / images); DataError when ambiguous."""
-    matches = [p for p in parent.iterdir() if p.is_dir() and p.name.lower() == name.lower()]
+    named = [p for p in parent.iterdir() if p.name.lower() == name.lower()]
+    for path in named:
+        check_not_broken(path)
+    matches = [p for p in named if p.is_dir()]
     if len(matches) > 1:
         raise DataError(f"{parent}: several {name} folders ({', '.join(p.name for p in matches)}); keep one")
     return matches[0] if matches else None
 
 
 def _pngs(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".png"}
+    """The PNG files of ``folder`` by stem; a PNG that is a broken link is a DataError."""
+    pngs = [p for p in folder.iterdir() if p.suffix.lower() == ".png"]
+    for path in pngs:
+        check_not_broken(path)
+    return {p.stem: p for p in pngs if p.is_file()}
 
 
 def find_release_frames(folder: Path, labelled: bool) -> list[FrameFiles]:
     """Frames of one release folder, images paired with labels by sequence and frame name, sorted."""
-    sequences = sorted(
-        (p for p in folder.iterdir() if p.is_dir() and _SEQUENCE.match(p.name)),
-        key=lambda p: sequence_number(p.name),
-    )
+    named = [p for p in folder.iterdir() if _SEQUENCE.match(p.name)]
+    for path in named:
+        check_not_broken(path)
+    sequences = sorted((p for p in named if p.is_dir()), key=lambda p: sequence_number(p.name))
     if not sequences:
         raise DataError(f"{folder}: no sequence folders (seqN/Images/*.png) found")
     frames: list[FrameFiles] = []
@@ -383,14 +403,17 @@ def prepare_uavid(
     masks: test labels are private) and ``dst/manifest.json`` with every patch's frame and origin.
     ``strict`` turns unknown label colours from a warning into a DataError. ``workers`` > 1 cuts
     frames in parallel processes. Returns the manifest (``already_prepared`` tells whether an
-    identical preparation was already there).
+    identical preparation was already there). Before anything is written, ``patch_size`` and ``stride``
+    are checked, the patch size against the largest frame (from the headers), and the estimated output
+    size against the free space.
     """
     src = Path(src)
-    stride = patch_size if stride is None else stride
-    check_window(patch_size, stride)
+    stride = check_prepare_window(patch_size, stride)
     split_protocol = get_protocol(protocol)
     folders = find_release_folders(src)
     jobs, absent = plan_frames(folders, split_protocol, src, patch_size, stride)
+    sizes = {job.frame.image: raster_size(job.frame.image) for job in jobs}
+    check_patch_fits(sizes, patch_size, "frame")
     sources = sorted(
         (
             file_fingerprint(path, src)
@@ -424,7 +447,24 @@ def prepare_uavid(
         results = _cut_frames(jobs, out, patch_size, strict, progress, workers)
         return _summarise(results, src, split_protocol)
 
-    return prepare_once(dst, dataset=DATASET, parameters=parameters, sources=sources, build=build, force=force)
+    return prepare_once(
+        dst, dataset=DATASET, parameters=parameters, sources=sources, build=build, force=force,
+        expected_bytes=estimate_output_bytes(jobs, sizes, patch_size),
+    )
+
+
+def estimate_output_bytes(
+    jobs: list[FrameJob], sizes: dict[Path, tuple[int, int] | None], patch_size: int
+) -> int:
+    """Estimated size of the prepared root: per frame, its image (+ label) bytes scaled by the patched
+    area (``tiling.patched_bytes``); a frame whose header could not be read counts its source bytes."""
+    total = 0
+    for job in jobs:
+        source = sum(path.stat().st_size for path in (job.frame.image, job.frame.label) if path is not None)
+        size = sizes.get(job.frame.image)
+        overlapping = job.split != "val"
+        total += source if size is None else patched_bytes(source, *size, patch_size, job.stride, overlapping)
+    return total
 
 
 def _cut_frames(

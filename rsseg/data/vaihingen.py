@@ -42,6 +42,7 @@ from rsseg.data.isprs_prepare import (
     walk_isprs_files,
 )
 from rsseg.data.prepare import SplitProtocol
+from rsseg.data.protocols import lookup_protocol
 from rsseg.data.spec import DatasetSpec
 
 DATASET = "vaihingen"
@@ -118,9 +119,8 @@ def patch_id(area: str, y: int, x: int) -> str:
 
 
 def get_protocol(protocol: str) -> SplitProtocol:
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown Vaihingen protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[protocol]
+    """The split protocol called ``protocol``; an UnknownProtocolError (a DataError) lists the known ones."""
+    return lookup_protocol(PROTOCOLS, protocol, "Vaihingen")
 
 
 def vaihingen_spec(protocol: str = DEFAULT_PROTOCOL, test_labels: str = "eroded") -> DatasetSpec:

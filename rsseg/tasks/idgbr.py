@@ -18,6 +18,7 @@ from lightning import LightningModule
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
+from rsseg.checkpoints import read_checkpoint
 from rsseg.models.idgbr import DEFAULT_SD_MODEL, IDGBR, LabelEmbedding, sample_timesteps
 from rsseg.models.repa import DEFAULT_DINO, DinoPatchFeatures, RepaProjector, repa_loss
 from rsseg.models.sliding_window import sliding_window_logits
@@ -67,8 +68,9 @@ class LabelEmbeddingTask(LightningModule):
 
 
 def load_label_embedding(path: str, num_classes: int) -> LabelEmbedding:
-    """The :class:`LabelEmbedding` of a :class:`LabelEmbeddingTask` checkpoint (``net.*`` weights)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    """The :class:`LabelEmbedding` of a :class:`LabelEmbeddingTask` checkpoint (``net.*`` weights), read
+    without unpickling code (the path comes from a config)."""
+    checkpoint = read_checkpoint(path, what="LabelEmbeddingTask checkpoint")
     state = {k[len("net."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
     if "table.weight" not in state:
         raise ValueError(f"{path}: not a LabelEmbeddingTask checkpoint (no net.table.weight)")
