@@ -15,6 +15,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from rsseg.errors import original_message
+
 logger = logging.getLogger(__name__)
 
 LIGHTNING_COMMANDS = {
@@ -140,6 +142,8 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
         trainer_defaults={"callbacks": [WandbEvaluationLogger(stage="test"),
                                         WandbEvaluationLogger(stage="validate")]},
         auto_configure_optimizers=False,
+        # configuration errors raise (one line from ``main``) instead of printing the whole usage and exiting
+        parser_kwargs={"exit_on_error": False, **{command: {"exit_on_error": False} for command in LIGHTNING_COMMANDS}},
         args=list(args),
         run=run,
     )
@@ -245,8 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 VERBOSE_FLAG = "--verbose"
-# Errors whose message is the whole story (a file, a setting, a checkpoint); others are likely bugs.
-USER_ERRORS = ("DataError", "PlanError", "CheckpointError", "ValueError", "OSError")  # and their subclasses
+# Errors (and their subclasses) whose message is the whole story: a file, a setting, a checkpoint, a config key.
+# Others are likely bugs, and their line says how to see the traceback.
+USER_ERRORS = ("DataError", "PlanError", "CheckpointError", "ValueError", "OSError", "ArgumentError")
 
 
 def _pop_verbose(argv: list[str]) -> tuple[list[str], bool]:
@@ -270,18 +275,6 @@ def _report_error(prog: str, error: Exception, verbose: bool) -> int:
         hint = f" [{kind}; rerun with {VERBOSE_FLAG} for the traceback]"
     print(f"{prog}: error: {original_message(error)}{hint}", file=sys.stderr)
     return 2
-
-
-def original_message(error: BaseException) -> str:
-    """The message of ``error`` on one line. An error raised in a DataLoader worker reaches the main process
-    re-created around the worker's whole traceback; the original message is its last entry."""
-    text = str(error).strip()
-    if text.startswith("Caught ") and "Original Traceback" in text:
-        name = type(error).__name__
-        cut = max(text.rfind(f".{name}: "), text.rfind(f"\n{name}: "))
-        if cut >= 0:
-            text = text[text.index(": ", cut) + 2:].strip()
-    return " ".join(line.strip() for line in text.splitlines()) or type(error).__name__
 
 
 def _main(argv: list[str]) -> int:

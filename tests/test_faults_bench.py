@@ -94,11 +94,18 @@ def signal_handlers():
         signal.signal(signum, handler)
 
 
+@pytest.fixture(autouse=True)
+def fresh_bench_process(monkeypatch):
+    """Each test starts as a new ``rsseg bench`` process would (no RSSEG_BENCH_RUN_DIR) and leaves none set for
+    the next test (setting it first makes monkeypatch restore its absence)."""
+    monkeypatch.setenv(runner.RUN_DIR_ENV, "")
+    monkeypatch.delenv(runner.RUN_DIR_ENV)
+
+
 @pytest.fixture
 def bench(tmp_path, monkeypatch):
     """``bench(run_method)``: a Potsdam smoke bench in ``tmp_path/out`` whose methods run ``run_method`` (a fake
     with run_method's signature); every other costly step is faked. ``bench.ran`` lists the rows run."""
-    monkeypatch.delenv(runner.RUN_DIR_ENV, raising=False)
     data = tmp_path / "data"
     data.mkdir()
     (data / "manifest.json").write_text("{}")
@@ -364,7 +371,6 @@ def test_bad_data_root_is_a_data_error_and_leaves_no_run_folder(tmp_path, monkey
     missing = tmp_path / "no-such-root"
     with pytest.raises(DataError, match=str(missing)):
         resolve_prepared_root("potsdam", str(missing), tmp_path / "cache", {"patch_size": 512})
-    monkeypatch.delenv(runner.RUN_DIR_ENV, raising=False)
     with pytest.raises(DataError, match="no-such-root.*does not exist"):
         runner.run_bench("refsegrs", data_root=str(missing), out=str(tmp_path / "out"), cache=str(tmp_path / "c"))
     assert not (tmp_path / "out").exists()

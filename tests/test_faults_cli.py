@@ -15,8 +15,9 @@ import torch
 import yaml
 
 from rsseg.checkpoints import CheckpointError, reconcile_hparams
-from rsseg.cli import main, original_message
+from rsseg.cli import main
 from rsseg.data.errors import DataError
+from rsseg.errors import original_message
 from rsseg.tasks.idgbr import load_label_embedding
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from rsseg.bench.report import constant_mask_rows, json_text, majority_class_row
 from rsseg.bench.runs import Tracking, announce, close_failed_run, fit_and_test
 from rsseg.bench.sources import resolve_prepared_root
 from rsseg.bench.summary import log_summary_run
+from rsseg.errors import original_message
 from rsseg.manifest import data_checksum, run_manifest
 
 log = logging.getLogger(__name__)
@@ -128,13 +130,16 @@ def guarded(name: str, run, *args, interrupts: Interrupts | None = None, **kwarg
 
 
 def failure_reason(error: BaseException) -> str:
-    """The report's reason for a failed run. jsonargparse exits with code 2 on a configuration it rejects;
-    any other SystemExit is reported with its code, not as a configuration error."""
+    """The report's reason for a failed run, on one line. jsonargparse raises an ArgumentError for a
+    configuration it rejects (exits with code 2 where it is set to exit); any other SystemExit is reported
+    with its code, not as a configuration error."""
+    if isinstance(error, argparse.ArgumentError):
+        return f"LightningCLI rejected its configuration: {original_message(error)}"
     if isinstance(error, SystemExit):
         if error.code == 2:
             return "LightningCLI rejected its configuration (the error is printed above the traceback)"
         return f"the run exited (SystemExit with code {error.code})"
-    return f"{type(error).__name__}: {error}"
+    return f"{type(error).__name__}: {original_message(error)}"
 
 
 def prepared_protocol(root: Path) -> list[str]:

@@ -676,9 +676,9 @@ class UAVidUnlabelledDataset(UAVidDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.image_path(index)
-        image = read_image(path)
+        image = self.read_patch(path, index)
         if image.ndim != 3:
-            raise DataError(f"{path}: expected a multi-band image, got shape {image.shape}")
+            raise self.damaged(index, f"{path}: expected a multi-band image, got shape {image.shape}")
         return {"image": normalise(image, self.mean, self.std), "meta": self.frame_meta(index)}
 
 
