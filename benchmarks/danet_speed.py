@@ -18,25 +18,29 @@ Usage: python benchmarks/danet_speed.py [--device cpu|cuda] [--batch-sizes 8,16]
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 from speed_common import Records, autocast, bench_environment, train_and_infer
 
+from rsseg.models import DANet
 from rsseg.tasks.danet import DANetTask
 
 SIZE = 480
 TOKENS = 20
 BERT_BASE = {"model_type": "bert"}  # transformers' BertConfig defaults are BERT-base (768 wide, 12 layers)
 METHODS = {
-    "danet": {"affinity_alignment": True, "agent_alignment": True, "mask_loss": "bce"},
-    "lavt": {"affinity_alignment": False, "agent_alignment": False, "mask_loss": "lavt_ce"},
+    "danet": ({"agent_alignment": True}, {"affinity_alignment": True, "mask_loss": "bce"}),
+    "lavt": ({"agent_alignment": False}, {"affinity_alignment": False, "mask_loss": "lavt_ce"}),
 }
 
 
 def build(method: str, backbone: str, device: str) -> DANetTask:
     torch.manual_seed(0)
-    return DANetTask(backbone=backbone, pretrained=False, text_pretrained=False, text_config=BERT_BASE,
-                     img_size=SIZE, **METHODS[method]).to(device)
+    net_args, task_args = METHODS[method]  # (network, task) arguments
+    net = functools.partial(DANet, backbone=backbone, pretrained=False, text_pretrained=False, text_config=BERT_BASE,
+                            img_size=SIZE, **net_args)
+    return DANetTask(net=net, **task_args).to(device)
 
 
 def batch_of(size: int, device: str) -> dict:

@@ -26,6 +26,7 @@ Usage: python benchmarks/scaling.py [--method unet,d2ls] [--accelerator cpu|gpu]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -50,15 +51,18 @@ def build_task(method: str):
     classes: smp UNet-ResNet18 with random weights; D2LS with ConvNeXt-atto (random init), C' = 128, L = 3,
     no stochastic depth. The schedule is constant (it does not change the step's cost)."""
     if method == "unet":
+        from rsseg.models import SMPNet
         from rsseg.tasks import SMPSegmentationTask
 
-        return SMPSegmentationTask(arch="unet", encoder="resnet18", encoder_weights=None, num_classes=NUM_CLASSES,
+        net = functools.partial(SMPNet, arch="unet", backbone="resnet18", pretrained=False)
+        return SMPSegmentationTask(net=net, num_classes=NUM_CLASSES,
                                    loss="ce+dice", label_smoothing=0.05, lr=2e-3, scheduler="none")
     if method == "d2ls":
+        from rsseg.models import D2LS
         from rsseg.tasks import D2LSTask
 
-        return D2LSTask(num_classes=NUM_CLASSES, backbone="convnext_atto", pretrained=False, drop_path_rate=0.0,
-                        embed_dim=128, lr=1e-3, scheduler="none")
+        net = functools.partial(D2LS, backbone="convnext_atto", pretrained=False, drop_path_rate=0.0, embed_dim=128)
+        return D2LSTask(net=net, num_classes=NUM_CLASSES, lr=1e-3, scheduler="none")
     raise SystemExit(f"unknown method {method!r}; choose from {METHODS}")
 
 

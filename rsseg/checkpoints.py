@@ -94,6 +94,11 @@ def reconcile_hparams(stored: Mapping[str, Any], configured: Mapping[str, Any], 
     ``explicit`` names the arguments the user set (config files, command line): they win, and each one
     that differs from the checkpoint is listed. The others take the checkpoint's value (the model is
     rebuilt as it was trained). Stored names the model no longer has are listed as ``unknown``.
+
+    A network given as a dependency (``net: {class_path, init_args}``, :mod:`rsseg.tasks.net`) is reconciled
+    argument by argument when the checkpoint's network is of the configured class: ``explicit`` then holds
+    dotted names (``net.init_args.backbone``, as jsonargparse lists a namespace's keys) and the report names
+    them ``net.backbone``. A network of another class is one setting.
     """
     result = Reconciled()
     for name, value in stored.items():
@@ -101,12 +106,38 @@ def reconcile_hparams(stored: Mapping[str, Any], configured: Mapping[str, Any], 
             continue  # Lightning's bookkeeping (_class_path, _instantiator)
         if name not in configured:
             result.unknown.append(name)
-        elif name in explicit:
+        elif name not in explicit and _same_network(value, configured[name]):
+            prefix = f"{name}.init_args."
+            inner = reconcile_hparams(value["init_args"], configured[name]["init_args"] or {},
+                                      {k[len(prefix):] for k in explicit if k.startswith(prefix)})
+            if inner.from_checkpoint:
+                result.from_checkpoint[name] = {"class_path": configured[name]["class_path"],
+                                                "init_args": inner.from_checkpoint}
+            result.overridden |= {f"{name}.{k}": v for k, v in inner.overridden.items()}
+            result.unknown += [f"{name}.{k}" for k in inner.unknown]
+        elif name in explicit or any(k.startswith(f"{name}.") for k in explicit):
             if _plain(configured[name]) != _plain(value):
                 result.overridden[name] = (configured[name], value)
         else:
             result.from_checkpoint[name] = value
     return result
+
+
+def _same_network(stored: Any, configured: Any) -> bool:
+    """Both are ``{class_path, init_args}`` of the same class (``rsseg.models.D2LS`` and
+    ``rsseg.models.d2ls.D2LS`` alike)."""
+    configured = _plain(configured)
+    if not all(isinstance(v, Mapping) and "class_path" in v and "init_args" in v for v in (stored, configured)):
+        return False
+    return _resolve(stored["class_path"]) == _resolve(configured["class_path"])
+
+
+def _resolve(class_path: str) -> Any:
+    """The class a class path names when its module is imported (else the path itself)."""
+    import sys
+
+    module, _, name = str(class_path).rpartition(".")
+    return getattr(sys.modules.get(module), name, class_path)
 
 
 def _plain(value: Any) -> Any:

@@ -25,7 +25,7 @@ def tiny_potsdam_raw(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_potsdam(tiny_potsdam_raw, tmp_path_factory):
     """A prepared root with 128² patches."""
-    from rsseg.data.potsdam import prepare_potsdam
+    from rsseg.data.datasets.potsdam import prepare_potsdam
 
     root = tmp_path_factory.mktemp("potsdam_prepared") / "root"
     prepare_potsdam(tiny_potsdam_raw, root, patch_size=128, progress=False)

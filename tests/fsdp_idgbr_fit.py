@@ -26,7 +26,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 
 from rsseg.models.idgbr import GuidanceModule
 from rsseg.tasks.idgbr import IDGBRTask
-from tests.idgbr_tiny import TINY_DINO, TINY_IDGBR
+from tests.idgbr_tiny import TINY_DINO, tiny_idgbr_net
 from tests.test_idgbr_task import _RefinementData
 
 CLIP = 1e-3  # far below the tiny model's gradient norm, so every step clips
@@ -61,7 +61,7 @@ def _global_norm(grads: list[torch.Tensor]) -> float:
 
 def main(out: Path) -> None:
     torch.manual_seed(0)
-    task = RecordingIDGBR(**TINY_IDGBR, num_classes=3, repa_model="tiny", repa_pretrained=False,
+    task = RecordingIDGBR(net=tiny_idgbr_net(), num_classes=3, repa_model="tiny", repa_pretrained=False,
                           repa_config=TINY_DINO, repa_hidden=16, repa_steps=2, inference_steps=2,
                           test_per_class_wfm=False, wfm_workers=0)
     task.norms = []

@@ -17,3 +17,8 @@ TINY_DINO = {
 }
 TINY_IDGBR = {"pretrained": False, "unet_config": TINY_UNET, "vae_config": TINY_VAE, "guidance_width": 32,
               "guidance_heads": 2}
+
+
+def tiny_idgbr_net(**overrides) -> dict:
+    """``IDGBRTask(net=...)``: the tiny IDGBR network in the config form (``overrides`` e.g. ``vae``)."""
+    return {"class_path": "rsseg.models.IDGBR", "init_args": {**TINY_IDGBR, **overrides}}

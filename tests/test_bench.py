@@ -26,7 +26,7 @@ from tests.wandb_offline import offline_runs
 TINY_RUN = [
     "--data.init_args.crop_size", "64", "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
     "--trainer.max_steps", "2", "--trainer.check_val_every_n_epoch", "1", "--trainer.accelerator", "cpu",
-    "--model.init_args.arch_kwargs", '{"encoder_depth": 3, "decoder_channels": [32, 16, 8]}',
+    "--model.init_args.net.init_args.arch_kwargs", '{"encoder_depth": 3, "decoder_channels": [32, 16, 8]}',
 ]
 
 # The refiner wraps the datamodule, so its arguments address the inner one.
@@ -106,7 +106,7 @@ def test_bench_on_synthetic_default(tmp_path, monkeypatch, capsys):
 
 def test_majority_row_is_the_constant_predictor(tiny_potsdam, tmp_path):
     from rsseg.bench.report import majority_class_row
-    from rsseg.data.potsdam import PotsdamDataModule
+    from rsseg.data.datasets.potsdam import PotsdamDataModule
     from rsseg.metrics import SegmentationMetrics
 
     row = majority_class_row("potsdam", tiny_potsdam)
@@ -296,8 +296,8 @@ def test_every_bench_run_parses(dataset, profile, tmp_path, capsys):
 def test_majority_row_counts_training_masks_without_a_manifest(tmp_path):
     """CHN6-CUG is read as released: the majority class comes from its training masks."""
     from rsseg.bench.report import majority_class_row
-    from rsseg.data.chn6cug import ROAD_THRESHOLD, binarise_mask, find_pairs
-    from rsseg.data.io import read_image
+    from rsseg.data.core.io import read_image
+    from rsseg.data.datasets.chn6cug import ROAD_THRESHOLD, binarise_mask, find_pairs
     from rsseg.data.synthetic.chn6cug import write_synthetic_chn6cug
 
     write_synthetic_chn6cug(tmp_path, counts=(4, 2), size=64)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rsseg.data.chn6cug import (
+from rsseg.data.core.errors import DataError
+from rsseg.data.datasets.chn6cug import (
     ROAD_THRESHOLD,
     CHN6CUGDataModule,
     CHN6CUGDataset,
@@ -21,7 +22,6 @@ from rsseg.data.chn6cug import (
     holdout_ids,
     protocol_splits,
 )
-from rsseg.data.errors import DataError
 from tests.data.chn6cug.data import EMPTY_ID, HEIGHT, TILES, WIDTH, write_chn6cug
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)

@@ -23,7 +23,7 @@ def _tiny_args(root: Path, out: Path) -> list[str]:
         "--data.init_args.crop_size", "64",
         "--data.init_args.batch_size", "2",
         "--data.init_args.num_workers", "0",
-        "--model.init_args.arch_kwargs", '{"encoder_depth": 3, "decoder_channels": [32, 16, 8]}',
+        "--model.init_args.net.init_args.arch_kwargs", '{"encoder_depth": 3, "decoder_channels": [32, 16, 8]}',
         "--trainer.default_root_dir", str(out),
         "--trainer.accelerator", "cpu",
     ]

@@ -54,8 +54,10 @@ def test_fit_and_evaluate_on_the_synthetic_twin(dataset, tmp_path):
         "trainer": {"accelerator": "cpu", "max_steps": 2, "logger": False, "enable_checkpointing": False,
                     "enable_progress_bar": False, "default_root_dir": str(tmp_path)},
         "model": {"class_path": "rsseg.tasks.SMPSegmentationTask",
-                  "init_args": {"arch": "unet", "encoder": "resnet18", "test_per_class_wfm": False,
-                                "arch_kwargs": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}}},
+                  "init_args": {"test_per_class_wfm": False, "net": {
+                      "class_path": "rsseg.models.SMPNet", "init_args": {
+                          "arch": "unet", "backbone": "resnet18",
+                          "arch_kwargs": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}}}}},
         "data": {"class_path": DATAMODULES[dataset].__module__ + "." + DATAMODULES[dataset].__name__,
                  "init_args": {"root": str(root), "batch_size": 2, "num_workers": 0, "pin_memory": False,
                                **data_args}},

@@ -1,4 +1,4 @@
-"""Coarse label maps for refiners (rsseg.data.coarse): written by `rsseg predict`, served aligned with the
+"""Coarse label maps for refiners (rsseg.data.refinement.coarse): written by `rsseg predict`, served aligned with the
 mask under augmentation, replaced atomically, every problem a DataError naming the file; and the
 ``predict_split`` of the datamodules that predicts them."""
 
@@ -23,11 +23,11 @@ import yaml
 
 from rsseg.cli import main
 from rsseg.data import CHN6CUGDataModule, CoarseMapDataModule, CoarseMapWriter, LoveDADataModule, PotsdamDataModule
-from rsseg.data.chn6cug import CHN6CUGDataset
-from rsseg.data.coarse import RECORD_NAME, write_command
-from rsseg.data.errors import DataError
-from rsseg.data.io import read_image, write_png
-from rsseg.data.potsdam import PotsdamDataset, prepare_potsdam
+from rsseg.data.core.errors import DataError
+from rsseg.data.core.io import read_image, write_png
+from rsseg.data.datasets.chn6cug import CHN6CUGDataset
+from rsseg.data.datasets.potsdam import PotsdamDataset, prepare_potsdam
+from rsseg.data.refinement.coarse import RECORD_NAME, write_command
 from rsseg.data.synthetic import write_synthetic_potsdam
 from rsseg.tasks import SMPSegmentationTask
 from tests.data.chn6cug.data import HEIGHT, TILES, WIDTH, write_chn6cug
@@ -35,8 +35,10 @@ from tests.data.loveda.data import write_loveda
 
 PATCH = 64
 FILL = 3  # class written where a mask is ignore (255), which no model predicts
-MODEL = {"arch": "unet", "encoder": "resnet18", "test_per_class_wfm": False,
-         "arch_kwargs": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}}
+MODEL = {"net": {"class_path": "rsseg.models.SMPNet", "init_args": {
+             "arch": "unet", "backbone": "resnet18",
+             "arch_kwargs": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}}},
+         "test_per_class_wfm": False}
 LOADER = {"num_workers": 0, "pin_memory": False, "persistent_workers": False}
 
 
@@ -158,7 +160,8 @@ def test_predict_writes_one_map_per_patch_equal_to_the_checkpoints_prediction(tr
         assert entry["checkpoint"] == str(checkpoint.resolve())
         assert entry["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
         assert entry["model"]["class_path"] == "rsseg.tasks.segmentation.SMPSegmentationTask"
-        assert entry["model"]["hparams"]["num_classes"] == 6 and entry["model"]["hparams"]["arch"] == "unet"
+        hparams = entry["model"]["hparams"]
+        assert hparams["num_classes"] == 6 and hparams["net"]["init_args"]["arch"] == "unet"
         assert datetime.fromisoformat(entry["created"]).tzinfo is not None
 
 

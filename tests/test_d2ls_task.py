@@ -11,7 +11,7 @@ import yaml
 from lightning import Trainer, seed_everything
 
 from rsseg.cli import main
-from rsseg.data.potsdam import PotsdamDataModule
+from rsseg.data.datasets.potsdam import PotsdamDataModule
 from rsseg.data.registry import DATAMODULES
 from rsseg.metrics import SegmentationMetrics
 from rsseg.models.d2ls import D2LSOutput
@@ -20,7 +20,8 @@ from rsseg.tasks.d2ls import D2LSLoss
 from tests.test_cli_datasets import EVALUATION, TINY_SYNTH, tiny_synthetic_root
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = {"backbone": "convnext_atto", "pretrained": False, "embed_dim": 64, "num_heads": 4, "drop_path_rate": 0.0}
+SMALL = {"class_path": "rsseg.models.D2LS", "init_args": {"backbone": "convnext_atto", "pretrained": False,
+                                                         "embed_dim": 64, "num_heads": 4, "drop_path_rate": 0.0}}
 
 
 def _soft_ce(logits, target, eps, ignore=255):
@@ -85,7 +86,7 @@ def _trainer(**kwargs) -> Trainer:
 
 
 def test_training_logs_every_loss_term(tiny_potsdam):
-    task = D2LSTask(num_classes=6, **SMALL, test_per_class_wfm=False)
+    task = D2LSTask(net=SMALL, num_classes=6, test_per_class_wfm=False)
     trainer = _trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(task, datamodule=_datamodule(tiny_potsdam))
     logged = set(trainer.callback_metrics)
@@ -100,7 +101,7 @@ def test_learns_on_synthetic_potsdam(tiny_potsdam):
     """A short CPU run beats the majority-class predictor clearly on the held-out test split."""
     seed_everything(0)
     data = _datamodule(tiny_potsdam)
-    task = D2LSTask(num_classes=6, **SMALL, lr=2e-3, warmup_steps=5, test_per_class_wfm=False)
+    task = D2LSTask(net=SMALL, num_classes=6, lr=2e-3, warmup_steps=5, test_per_class_wfm=False)
     _trainer(max_steps=100, limit_val_batches=0).fit(task, datamodule=data)
     [result] = _trainer().test(task, datamodule=data)
 
@@ -132,7 +133,7 @@ def test_every_config_runs_with_its_smoke_profile(dataset, tmp_path):
     tiny.write_text(yaml.safe_dump({
         "trainer": {"accelerator": "cpu", "max_steps": 2, "check_val_every_n_epoch": 1, "logger": logger,
                     "enable_progress_bar": False, "default_root_dir": str(tmp_path)},
-        "model": {"init_args": {"embed_dim": 32, "num_heads": 4, "test_per_class_wfm": False}},
+        "model": {"init_args": {"net": {"init_args": {"embed_dim": 32, "num_heads": 4}}, "test_per_class_wfm": False}},
         "data": {"init_args": {"root": str(root), "batch_size": 2, "num_workers": 0, "pin_memory": False,
                                **data_args}},
     }))

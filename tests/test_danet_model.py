@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -26,6 +27,12 @@ TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "n
              "intermediate_size": 64, "vocab_size": 500}
 TINY = dict(pretrained=False, backbone_kwargs=TINY_SWIN, text_pretrained=False, text_config=TINY_BERT,
             decoder_channels=32, num_agents=4, key_dim=16, agent_heads=2, agent_ffn_dim=64, drop_path_rate=0.0)
+
+
+def tiny_task(affinity_alignment: bool = True, num_classes: int = 2, **net) -> DANetTask:
+    """A DANetTask of the tiny DANet (``net``: its arguments besides TINY's)."""
+    return DANetTask(net=functools.partial(DANet, **{**TINY, **net}), num_classes=num_classes,
+                     affinity_alignment=affinity_alignment)
 
 
 def tokens(batch: int, length: int = 12, valid: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +68,7 @@ def test_output_shapes(size, agent_alignment):
 @pytest.mark.parametrize("agents", [True, False])
 def test_the_four_table3_rows_train_and_reach_every_part(affinity, agents):
     torch.manual_seed(0)
-    task = DANetTask(img_size=64, affinity_alignment=affinity, agent_alignment=agents, **TINY)
+    task = tiny_task(img_size=64, affinity_alignment=affinity, agent_alignment=agents)
     ids, mask = tokens(2, valid=(12, 6))
     batch = {"image": torch.randn(2, 3, 64, 64), "input_ids": ids, "attention_mask": mask,
              "mask": (torch.rand(2, 64, 64) > 0.7).long()}
@@ -79,23 +86,23 @@ def test_affinity_alignment_adds_no_parameters():
     counts = {}
     for affinity in (True, False):
         torch.manual_seed(0)
-        task = DANetTask(img_size=64, affinity_alignment=affinity, **TINY)
+        task = tiny_task(img_size=64, affinity_alignment=affinity)
         counts[affinity] = sum(p.numel() for p in task.parameters())
     assert counts[True] == counts[False] > 0
     torch.manual_seed(0)
-    lavt = DANetTask(img_size=64, affinity_alignment=False, agent_alignment=False, **TINY)
+    lavt = tiny_task(img_size=64, affinity_alignment=False, agent_alignment=False)
     assert sum(p.numel() for p in lavt.parameters()) < counts[True]  # RAAM has parameters, the affinity loss none
 
 
 def test_frozen_text_encoder_gets_no_gradient_and_stays_in_eval():
-    task = DANetTask(img_size=64, text_frozen=True, **TINY).train()
+    task = tiny_task(img_size=64, text_frozen=True).train()
     assert not task.net.text_encoder.training
     assert not any(p.requires_grad for p in task.net.text_encoder.parameters())
 
 
 def test_wrong_num_classes_is_refused():
     with pytest.raises(ValueError, match="binary"):
-        DANetTask(num_classes=6, img_size=64, **TINY)
+        tiny_task(num_classes=6, img_size=64)
 
 
 # --- Eq. 1-3: explicit affinity alignment ------------------------------------------------------------
@@ -247,7 +254,7 @@ def test_pwam_ignores_padded_words_and_reports_the_cls_activation():
 
 
 def test_packaged_minilm_gives_word_and_cls_features():
-    from rsseg.data.refsegrs import load_tokenizer, tokenize
+    from rsseg.data.datasets.refsegrs import load_tokenizer, tokenize
 
     name = "sentence-transformers/all-MiniLM-L6-v2"
     encoder = TextEncoder(name).eval()

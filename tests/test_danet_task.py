@@ -61,7 +61,7 @@ def test_config_fits_and_tests_through_the_cli(method, tiny_refsegrs, tmp_path):
     assert "train/loss_mask" in metrics
     assert ("train/loss_affinity" in metrics) == (method == "danet")
     hparams = yaml.safe_load(next(tmp_path.rglob("hparams.yaml")).read_text())
-    assert hparams["agent_alignment"] == hparams["affinity_alignment"] == (method == "danet")
+    assert hparams["net"]["init_args"]["agent_alignment"] == hparams["affinity_alignment"] == (method == "danet")
 
 
 def test_danet_learns_the_synthetic_refsegrs(tmp_path):
@@ -79,7 +79,7 @@ def test_danet_learns_the_synthetic_refsegrs(tmp_path):
     main(["test", *args, "--ckpt_path", str(checkpoint)])
     metrics = read_metrics(tmp_path)
 
-    from rsseg.data.refsegrs import RefSegRSDataset
+    from rsseg.data.datasets.refsegrs import RefSegRSDataset
     from rsseg.metrics import ReferringMetrics
 
     test = RefSegRSDataset(root, "test", tokenizer="sentence-transformers/all-MiniLM-L6-v2", image_size=128)

@@ -57,7 +57,7 @@ class ScoredSamples(Callback):
 @pytest.fixture(scope="module")
 def odd_root(tiny_potsdam_raw, tmp_path_factory):
     """96² patches: the 230 × 211 test tile gives 3 × 3 = 9 test patches."""
-    from rsseg.data.potsdam import prepare_potsdam
+    from rsseg.data.datasets.potsdam import prepare_potsdam
 
     root = tmp_path_factory.mktemp("potsdam_odd") / "root"
     prepare_potsdam(tiny_potsdam_raw, root, patch_size=96, progress=False)
@@ -91,7 +91,7 @@ def _rsseg_side_by_side(*commands: list[str], cwd: Path) -> None:
 
 
 def _args(root: Path, out: Path) -> list[str]:
-    return [*_tiny_args(root, out), "--model.init_args.arch_kwargs", "{}"]
+    return [*_tiny_args(root, out), "--model.init_args.net.init_args.arch_kwargs", "{}"]
 
 
 def _test_metrics(folder: Path) -> dict[str, float]:
@@ -128,7 +128,7 @@ def _assert_bit_equal(one: dict[str, float], two: dict[str, float], skip: tuple[
 
 def _odd_test_split(root: Path) -> list[str]:
     """The test split's sample ids, checked to shard unevenly over 2 ranks with a partial last batch of 2."""
-    from rsseg.data.potsdam import PotsdamDataModule
+    from rsseg.data.datasets.potsdam import PotsdamDataModule
 
     data = PotsdamDataModule(str(root), num_workers=0, eval_batch_size=2)
     data.setup("test")
@@ -138,7 +138,7 @@ def _odd_test_split(root: Path) -> list[str]:
 
 
 def test_two_process_test_equals_one_process(odd_root, tmp_path):
-    from rsseg.data.io import read_image
+    from rsseg.data.core.io import read_image
 
     ids = _odd_test_split(odd_root)
 
@@ -176,7 +176,7 @@ def test_sdci_two_process_test_equals_one_process(odd_root, tmp_path):
 
 def test_two_process_coarse_maps_equal_one_process(odd_root, tmp_path):
     """CoarseMapWriter under DDP: each rank writes its shard, rank 0 swaps the split in once all are there."""
-    from rsseg.data.io import read_image
+    from rsseg.data.core.io import read_image
 
     folders = {}
     for devices in (1, 2):

@@ -23,7 +23,7 @@ import pytest
 
 from rsseg.bench import report, runner
 from rsseg.bench.sources import DataSource, resolve_prepared_root
-from rsseg.data.errors import DataError
+from rsseg.data.core.errors import DataError
 
 METHODS = ["unet", "deeplabv3plus", "d2ls", "sdci"]  # the Potsdam smoke plan; unet is refined by idgbr
 MAJORITY = {"method": "majority class", "mIoU": 0.1, "OA": 0.4, "params": 0}

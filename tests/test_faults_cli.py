@@ -16,7 +16,7 @@ import yaml
 
 from rsseg.checkpoints import CheckpointError, reconcile_hparams
 from rsseg.cli import main
-from rsseg.data.errors import DataError
+from rsseg.data.core.errors import DataError
 from rsseg.errors import original_message
 from rsseg.tasks.idgbr import load_label_embedding
 
@@ -25,7 +25,7 @@ UNET = [
     "--config", str(REPO / "experiments/unet/potsdam.yaml"), "--config", str(REPO / "experiments/unet/smoke.yaml"),
     "--config", str(REPO / "experiments/smoke/potsdam.yaml"),
 ]
-TINY_ARCH = ["--model.init_args.arch_kwargs", '{"encoder_depth": 3, "decoder_channels": [32, 16, 8]}']
+TINY_ARCH = ["--model.init_args.net.init_args.arch_kwargs", '{"encoder_depth": 3, "decoder_channels": [32, 16, 8]}']
 
 
 def _run_args(root: Path, out: Path) -> list[str]:
@@ -160,7 +160,7 @@ def test_explicit_model_arguments_win_over_the_checkpoint(unet_checkpoint, tiny_
                  "--model.init_args.inference_overlap", "16", "--ckpt_path", str(unet_checkpoint)]) == 0
     used = yaml.safe_load((out / "config.yaml").read_text())["model"]["init_args"]
     assert used["inference_window"] == 96 and used["inference_overlap"] == 16
-    assert used["arch_kwargs"] == {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
+    assert used["net"]["init_args"]["arch_kwargs"] == {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
     assert "inference_window=96 (checkpoint: None), inference_overlap=16 (checkpoint: 0)" in caplog.text
 
 

@@ -14,22 +14,22 @@ import numpy as np
 import pytest
 import tifffile
 
-import rsseg.data.isprs_prepare as isprs_prepare
-import rsseg.data.uavid as uavid
-from rsseg.data.errors import DataError, DataWarning
-from rsseg.data.io import read_image
-from rsseg.data.isprs import decode_isprs_label
-from rsseg.data.isprs_prepare import check_boundary_share, report_bgr_order
-from rsseg.data.potsdam import PotsdamDataModule, find_potsdam_files, prepare_potsdam
-from rsseg.data.prepare import count_pixels
+import rsseg.data.datasets.isprs.prepare as isprs_prepare
+import rsseg.data.datasets.uavid.prepare as uavid_prepare
+from rsseg.data.core.errors import DataError, DataWarning
+from rsseg.data.core.io import read_image
+from rsseg.data.core.prepare import count_pixels
+from rsseg.data.datasets.isprs.labels import decode_isprs_label
+from rsseg.data.datasets.isprs.prepare import check_boundary_share, report_bgr_order
+from rsseg.data.datasets.potsdam import PotsdamDataModule, find_potsdam_files, prepare_potsdam
+from rsseg.data.datasets.uavid.prepare import find_release_folders, prepare_uavid
+from rsseg.data.datasets.vaihingen import prepare_vaihingen
 from rsseg.data.synthetic import (
     SYNTH_POTSDAM_TILES,
     SYNTH_VAIHINGEN_AREAS,
     write_synthetic_potsdam,
     write_synthetic_vaihingen,
 )
-from rsseg.data.uavid import find_release_folders, prepare_uavid
-from rsseg.data.vaihingen import prepare_vaihingen
 from tests.data.uavid.data import write_uavid
 from tests.data.vaihingen.data import write_vaihingen
 
@@ -307,7 +307,7 @@ def test_window_sizes_are_checked_before_anything_is_written(potsdam_src, uavid_
     assert time.monotonic() - start < 10 and not dst.exists() and not list(tmp_path.glob("dst*"))
 
     estimates = {}
-    for module in (isprs_prepare, uavid):
+    for module in (isprs_prepare, uavid_prepare):
         real = module.prepare_once
 
         def spy(*args, _real=real, _name=module.__name__, **kwargs):
@@ -315,10 +315,11 @@ def test_window_sizes_are_checked_before_anything_is_written(potsdam_src, uavid_
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(module, "prepare_once", spy)
-    for name, prepare, src in (("rsseg.data.isprs_prepare", prepare_potsdam, potsdam_src),
-                               ("rsseg.data.uavid", prepare_uavid, uavid_raw)):
+    for name, prepare, src in (("rsseg.data.datasets.isprs.prepare", prepare_potsdam, potsdam_src),
+                               ("rsseg.data.datasets.uavid.prepare", prepare_uavid, uavid_raw)):
         out = tmp_path / name
-        with pytest.warns(DataWarning) if name == "rsseg.data.uavid" else nullcontext():  # its unknown colours
+        unknown_colours = name == "rsseg.data.datasets.uavid.prepare"  # the UAVid release has some
+        with pytest.warns(DataWarning) if unknown_colours else nullcontext():
             prepare(src, out, patch_size=64, stride=48, progress=False)
         written = sum(path.stat().st_size for path in out.rglob("*.png"))
         assert written <= estimates[name] <= 4 * written, (name, written, estimates[name])

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 import rsseg
-from rsseg.data.base import PreparedPatchDataset, StitchedTileDataset
-from rsseg.data.errors import DataError
-from rsseg.data.io import write_png
-from rsseg.data.prepare import MANIFEST_FORMAT, MANIFEST_NAME, PARTIAL_MARKER, prepare_once
+from rsseg.data.core.errors import DataError
+from rsseg.data.core.io import write_png
+from rsseg.data.core.prepare import MANIFEST_FORMAT, MANIFEST_NAME, PARTIAL_MARKER, prepare_once
+from rsseg.data.core.prepared import PreparedPatchDataset, StitchedTileDataset
 
 PATCH_IDS = ("a_00000_00000", "a_00000_00016")
 
@@ -215,7 +215,7 @@ def test_workers_die_with_a_killed_parent(tmp_path):
         package = types.ModuleType("rsseg.data")
         package.__path__ = [os.path.join(os.path.dirname(rsseg.__file__), "data")]
         sys.modules["rsseg.data"] = package
-        from rsseg.data.prepare import map_jobs
+        from rsseg.data.core.prepare import map_jobs
         map_jobs(time.sleep, [60.0] * 4, workers=2, progress=False)
         """
     )
@@ -282,7 +282,7 @@ def test_an_unwritable_destination_is_a_data_error_not_a_traceback(tmp_path, err
         return real_replace(source, target)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("rsseg.data.prepare.os.replace", failing_replace)
+        patch.setattr("rsseg.data.core.prepare.os.replace", failing_replace)
         with pytest.raises(DataError, match=rf"{dst}.*{reason}"):
             prepare_tiny(dst, parameters={"patch_size": 32}, force=True)
     assert (dst / MANIFEST_NAME).read_text() == before

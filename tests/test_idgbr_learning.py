@@ -24,13 +24,13 @@ import pytest
 import torch
 
 from rsseg.data import CHN6CUGDataModule, CoarseMapDataModule
-from rsseg.data.chn6cug import ROAD_THRESHOLD, binarise_mask, find_pairs
-from rsseg.data.io import read_image, write_png
+from rsseg.data.core.io import read_image, write_png
+from rsseg.data.datasets.chn6cug import ROAD_THRESHOLD, binarise_mask, find_pairs
 from rsseg.data.synthetic.chn6cug import write_synthetic_chn6cug
 from rsseg.metrics import BoundaryWFMeasure, SegmentationMetrics
 from rsseg.models.idgbr import LabelEmbedding
 from rsseg.tasks.idgbr import IDGBRTask, LatentAutoencoderTask
-from tests.idgbr_tiny import TINY_IDGBR, TINY_VAE
+from tests.idgbr_tiny import TINY_VAE, tiny_idgbr_net
 
 pytestmark = pytest.mark.heavy
 
@@ -91,7 +91,7 @@ def test_refining_degraded_road_maps_raises_boundary_wf_and_keeps_miou(tmp_path)
         CHN6CUGDataModule(str(root), batch_size=8, crop_size=64, num_workers=0))
     coarse_miou, coarse_wf = coarse_scores(root, coarse_folder)
 
-    task = IDGBRTask(num_classes=2, **{**TINY_IDGBR, "vae": str(tmp_path / "vae")},
+    task = IDGBRTask(num_classes=2, net=tiny_idgbr_net(vae=str(tmp_path / "vae")),
                      label_embedding=str(tmp_path / "label_embedding.ckpt"), repa_weight=0.0, cubic_timesteps=False,
                      lr=5e-4, inference_steps=10, inference_window=64, guidance_scale=1.0, test_per_class_wfm=False,
                      wfm_workers=0)

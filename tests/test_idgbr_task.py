@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rsseg.data.random_labels import RandomLabelMapDataModule
+from rsseg.data.refinement.random_labels import RandomLabelMapDataModule
 from rsseg.tasks.idgbr import IDGBRTask, LabelEmbeddingTask, LatentAutoencoderTask, load_label_embedding
-from tests.idgbr_tiny import TINY_DINO, TINY_IDGBR, TINY_VAE
+from tests.idgbr_tiny import TINY_DINO, TINY_VAE, tiny_idgbr_net
 
 
 def _trainer(tmp_path, **kwargs):
@@ -74,10 +74,10 @@ class _RefinementData(L.LightningDataModule):
     train_dataloader = val_dataloader = test_dataloader = predict_dataloader = _loader
 
 
-def _task(**kwargs):
-    args = dict(num_classes=3, repa_model="tiny", repa_pretrained=False, repa_config=TINY_DINO, repa_hidden=16,
-                inference_steps=2, test_per_class_wfm=False, wfm_workers=0)
-    return IDGBRTask(**{**TINY_IDGBR, **args, **kwargs})
+def _task(vae=None, **kwargs):
+    args = dict(net=tiny_idgbr_net(vae=vae), num_classes=3, repa_model="tiny", repa_pretrained=False,
+                repa_config=TINY_DINO, repa_hidden=16, inference_steps=2, test_per_class_wfm=False, wfm_workers=0)
+    return IDGBRTask(**{**args, **kwargs})
 
 
 def test_repa_runs_for_its_steps_then_releases_dino(tmp_path):

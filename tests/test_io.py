@@ -5,8 +5,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from rsseg.data.errors import DataError
-from rsseg.data.io import read_image
+from rsseg.data.core.errors import DataError
+from rsseg.data.core.io import read_image
 
 
 def test_one_bit_and_small_16_bit_masks_read_as_uint8(tmp_path):

@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rsseg.data.errors import DataError, DataWarning
-from rsseg.data.loveda import (
+from rsseg.data.core.errors import DataError, DataWarning
+from rsseg.data.datasets.loveda import (
     LoveDADataModule,
     LoveDADataset,
     decode_loveda_mask,
@@ -24,7 +24,7 @@ from rsseg.data.loveda import (
     find_loveda_samples,
     loveda_spec,
 )
-from rsseg.data.submission import LoveDASubmissionWriter, write_loveda_submission
+from rsseg.data.submissions.loveda import LoveDASubmissionWriter, write_loveda_submission
 from tests.data.loveda.data import IDS, PALETTE_MASK_ID, SIZE, write_loveda
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -242,9 +242,8 @@ def test_fit_then_predict_writes_the_submission_zip(raw, tmp_path):
     from rsseg.tasks import SMPSegmentationTask
 
     lightning.seed_everything(0)
-    task = SMPSegmentationTask(
-        arch="unet", encoder="resnet18", num_classes=7, arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 8]}
-    )
+    task = SMPSegmentationTask(num_classes=7, net={"class_path": "rsseg.models.SMPNet", "init_args": {
+        "arch": "unet", "backbone": "resnet18", "arch_kwargs": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}}})
     kwargs = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     lightning.Trainer(fast_dev_run=1, default_root_dir=tmp_path, **kwargs).fit(task, datamodule=datamodule(raw[0]))
     writer = LoveDASubmissionWriter(str(tmp_path / "out" / "submission.zip"), size=SIZE)

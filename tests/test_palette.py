@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rsseg.data.palette import decode_colours, pack_rgb
+from rsseg.data.core.palette import decode_colours, pack_rgb
 
 
 def test_exact_rgb_matching_with_unmatched_pixels_reported():

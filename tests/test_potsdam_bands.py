@@ -13,9 +13,9 @@ import tifffile
 import torch
 from PIL import Image
 
-from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD
-from rsseg.data.errors import DataError
-from rsseg.data.potsdam import PotsdamDataModule, PotsdamDataset, find_potsdam_files, prepare_potsdam
+from rsseg.data.core.errors import DataError
+from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD
+from rsseg.data.datasets.potsdam import PotsdamDataModule, PotsdamDataset, find_potsdam_files, prepare_potsdam
 from tests.data.potsdam.data import write_potsdam
 
 TILES = {"2_10": (53, 70), "2_11": (70, 53), "2_13": (45, 61)}  # val, train, test

@@ -16,10 +16,11 @@ import tifffile
 import torch
 from PIL import Image
 
-from rsseg.data.errors import DataError, DataWarning
-from rsseg.data.io import read_image
-from rsseg.data.isprs import ISPRS_PALETTE, decode_isprs_label
-from rsseg.data.potsdam import (
+from rsseg.data.core.errors import DataError, DataWarning
+from rsseg.data.core.io import read_image
+from rsseg.data.core.tiling import extract_patch, patch_grid, split_grid
+from rsseg.data.datasets.isprs.labels import ISPRS_PALETTE, decode_isprs_label
+from rsseg.data.datasets.potsdam import (
     OFFICIAL_TEST_TILES,
     OFFICIAL_TRAIN_TILES,
     PROTOCOLS,
@@ -28,7 +29,6 @@ from rsseg.data.potsdam import (
     potsdam_spec,
     prepare_potsdam,
 )
-from rsseg.data.tiling import extract_patch, patch_grid, split_grid
 from tests.data.potsdam.data import TILES, UNKNOWN_PIXELS, UNKNOWN_TILE, write_potsdam
 
 PATCH, STRIDE = 32, 24  # overlapping windows, and every fixture tile needs padding somewhere
@@ -549,7 +549,7 @@ def test_parallel_preparation_matches_serial(prepared, raw, tmp_path):
 def _crops(root: Path, seed: int, workers: int) -> list[torch.Tensor]:
     from lightning import seed_everything
 
-    from rsseg.data.potsdam import PotsdamDataModule
+    from rsseg.data.datasets.potsdam import PotsdamDataModule
 
     seed_everything(seed)
     data = PotsdamDataModule(str(root), batch_size=1, crop_size=32, num_workers=workers, persistent_workers=False)
@@ -570,7 +570,7 @@ class _Draws(torch.utils.data.Dataset):
     """Each sample is the next number from the transform's generator: what a random crop would draw."""
 
     def __init__(self):
-        from rsseg.data.base import seeded_compose
+        from rsseg.data.core.transforms import seeded_compose
 
         self.transform = seeded_compose([])
 
@@ -583,7 +583,7 @@ class _Draws(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize("init", [True, False])
 def test_workers_draw_different_augmentations(init):
-    from rsseg.data.base import seed_augmentation
+    from rsseg.data.core.transforms import seed_augmentation
 
     loader = torch.utils.data.DataLoader(_Draws(), batch_size=1, num_workers=2,
                                          worker_init_fn=seed_augmentation if init else None)

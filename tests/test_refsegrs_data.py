@@ -15,9 +15,9 @@ import tifffile
 import torch
 from torch.utils.data import DataLoader
 
-from rsseg.data.chn6cug import binarise_mask
-from rsseg.data.errors import DataError
-from rsseg.data.refsegrs import (
+from rsseg.data.core.errors import DataError
+from rsseg.data.datasets.chn6cug import binarise_mask
+from rsseg.data.datasets.refsegrs import (
     MASK_THRESHOLD,
     RefSegRSDataModule,
     RefSegRSDataset,

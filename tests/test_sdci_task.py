@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from rsseg.cli import main
-from rsseg.data.isprs import ISPRS_CLASSES
+from rsseg.data.datasets.isprs.labels import ISPRS_CLASSES
 from rsseg.models.sdci.prompts import REMOTE_SENSING_TEMPLATES, load_prompts
 from tests.sdci_tiny import TINY_SDCI
+
+TINY_SDCI_NET = {"class_path": "rsseg.models.sdci.model.SDCI", "init_args": TINY_SDCI}
 
 REPO = Path(__file__).resolve().parents[1]
 POTSDAM_PROMPTS = REPO / "experiments/sdci/prompts/potsdam.yaml"
@@ -25,7 +27,7 @@ def test_prompt_tables_follow_the_paper():
     assert predicted.classes == (0, 1, 2, 3, 4, 5) and predicted.names[5] == ("other",)
     assert predicted.distractors == ()
     for dataset in ("vaihingen", "loveda"):
-        from rsseg.data.loveda import LOVEDA_CLASSES
+        from rsseg.data.datasets.loveda import LOVEDA_CLASSES
 
         classes = LOVEDA_CLASSES if dataset == "loveda" else ISPRS_CLASSES
         for setting in ("ori", "gen", "set_of_gen"):
@@ -48,7 +50,8 @@ def test_prompt_table_errors_name_the_file(tmp_path):
 def test_task_places_sdci_classes_and_ignores_the_background(monkeypatch):
     from rsseg.tasks.sdci import SDCITask
 
-    task = SDCITask(num_classes=6, prompts=str(POTSDAM_PROMPTS), class_names=list(ISPRS_CLASSES), **TINY_SDCI)
+    task = SDCITask(num_classes=6, prompts=str(POTSDAM_PROMPTS), class_names=list(ISPRS_CLASSES),
+                    net=TINY_SDCI_NET)
     task.set_classes()
     assert task.net.num_outputs == 5 and task.net.text.shape == (7, 32)  # 5 classes, "other", their mean
     probabilities = torch.softmax(torch.randn(1, 5, 4, 4), 1)

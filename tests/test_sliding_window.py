@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from rsseg.data.tiling import axis_starts_aligned, patch_grid
+from rsseg.data.core.tiling import patch_grid
+from rsseg.grid import axis_starts_aligned
 from rsseg.models.sliding_window import blend_weights, sliding_window_logits
 
 
@@ -74,8 +75,9 @@ def test_accumulates_on_the_requested_device_and_rejects_bad_overlap():
 def test_task_evaluates_large_inputs_with_sliding_windows():
     from rsseg.tasks import SMPSegmentationTask
 
-    task = SMPSegmentationTask(arch="unet", encoder="resnet18", num_classes=6, inference_window=64,
-                               inference_overlap=16, arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 8]})
+    net = {"class_path": "rsseg.models.SMPNet",
+           "init_args": {"arch": "unet", "arch_kwargs": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}}}
+    task = SMPSegmentationTask(net=net, num_classes=6, inference_window=64, inference_overlap=16)
     task.eval()
     image = torch.randn(1, 3, 96, 130)
     calls = []

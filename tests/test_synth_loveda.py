@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsseg.data.loveda import LoveDADataModule, LoveDADataset
+from rsseg.data.datasets.loveda import LoveDADataModule, LoveDADataset
 from rsseg.data.synthetic.loveda import write_synthetic_loveda
 
 PER_SPLIT, SIZE = (4, 2, 2), 256

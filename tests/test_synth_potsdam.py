@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from rsseg.data.io import read_image
-from rsseg.data.isprs import decode_isprs_label
+from rsseg.data.core.io import read_image
+from rsseg.data.datasets.isprs.labels import decode_isprs_label
 from rsseg.data.synthetic import SYNTHESIZERS, write_synthetic_potsdam
 from rsseg.data.synthetic.potsdam import SYNTH_POTSDAM_TILES, erode_label
 

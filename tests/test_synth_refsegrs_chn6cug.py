@@ -12,8 +12,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from rsseg.data.chn6cug import CHN6CUGDataset, find_pairs
-from rsseg.data.refsegrs import RefSegRSDataset, group_objects, read_phrases
+from rsseg.data.datasets.chn6cug import CHN6CUGDataset, find_pairs
+from rsseg.data.datasets.refsegrs import RefSegRSDataset, group_objects, read_phrases
 from rsseg.data.synthetic.chn6cug import write_synthetic_chn6cug
 from rsseg.data.synthetic.refsegrs import CATEGORIES, write_synthetic_refsegrs
 

@@ -10,11 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from rsseg.data.errors import DataWarning
-from rsseg.data.io import read_image
+from rsseg.data.core.errors import DataWarning
+from rsseg.data.core.io import read_image
+from rsseg.data.datasets.uavid.datamodule import UAVidDataModule
+from rsseg.data.datasets.uavid.labels import decode_uavid_label
+from rsseg.data.datasets.uavid.prepare import prepare_uavid
 from rsseg.data.synthetic.scene import MATERIAL_NAMES
 from rsseg.data.synthetic.uavid import MATERIAL_UAVID_CLASS, write_synthetic_uavid
-from rsseg.data.uavid import UAVidDataModule, decode_uavid_label, prepare_uavid
 
 SIZE = (216, 384)  # 2160×3840 / 10
 # classes by index, typed in from the UAVidToolKit table (datasets.md §2.2)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from rsseg.data.io import read_image
-from rsseg.data.isprs import decode_isprs_label
+from rsseg.data.core.io import read_image
+from rsseg.data.datasets.isprs.labels import decode_isprs_label
+from rsseg.data.datasets.vaihingen import PROTOCOLS, VaihingenDataModule, prepare_vaihingen
 from rsseg.data.synthetic.vaihingen import SYNTH_VAIHINGEN_AREAS, write_synthetic_vaihingen
-from rsseg.data.vaihingen import PROTOCOLS, VaihingenDataModule, prepare_vaihingen
 
 SMALL = {"1": (451, 419), "30": (397, 433), "2": (421, 389)}  # one area per UNetFormer split
 TINY = {1: (97, 83), 2: (75, 101)}

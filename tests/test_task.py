@@ -8,15 +8,21 @@ import pytest
 import torch
 from lightning import Trainer, seed_everything
 
-from rsseg.data.potsdam import PotsdamDataModule
+from rsseg.data.datasets.potsdam import PotsdamDataModule
 from rsseg.tasks import SMPSegmentationTask
 from rsseg.tasks.segmentation import _lr_lambda
 
 SMALL_UNET = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
 
 
+def smp_net(**init_args) -> dict:
+    """``net`` of an SMPSegmentationTask in the config form."""
+    return {"class_path": "rsseg.models.SMPNet", "init_args": init_args}
+
+
 def _task(**kwargs) -> SMPSegmentationTask:
-    return SMPSegmentationTask(arch="unet", encoder="resnet18", num_classes=6, arch_kwargs=SMALL_UNET, **kwargs)
+    return SMPSegmentationTask(net=smp_net(arch="unet", backbone="resnet18", arch_kwargs=SMALL_UNET), num_classes=6,
+                               **kwargs)
 
 
 def _datamodule(root) -> PotsdamDataModule:
@@ -67,7 +73,7 @@ def test_evaluation_uses_dataset_convention(tiny_potsdam):
 
 
 def test_num_classes_mismatch_with_dataset_is_an_error(tiny_potsdam):
-    task = SMPSegmentationTask(arch="unet", encoder="resnet18", num_classes=4, arch_kwargs=SMALL_UNET)
+    task = SMPSegmentationTask(net=smp_net(arch="unet", backbone="resnet18", arch_kwargs=SMALL_UNET), num_classes=4)
     trainer = Trainer(logger=False, accelerator="cpu", enable_progress_bar=False)
     with pytest.raises(ValueError, match="4 classes"):
         trainer.test(task, datamodule=_datamodule(tiny_potsdam))
@@ -85,12 +91,12 @@ def test_schedules():
 
 def test_unknown_arch_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown smp architecture 'unett'"):
-        SMPSegmentationTask(arch="unett", num_classes=6)
+        SMPSegmentationTask(net=smp_net(arch="unett"), num_classes=6)
 
 
 @pytest.mark.parametrize("arch,encoder", [("unet", "resnet18"), ("deeplabv3plus", "resnet18"), ("segformer", "mit_b0")])
 def test_bench_baselines_build_and_keep_the_input_size(arch, encoder):
-    task = SMPSegmentationTask(arch=arch, encoder=encoder, num_classes=6).eval()
+    task = SMPSegmentationTask(net=smp_net(arch=arch, backbone=encoder), num_classes=6).eval()
     with torch.no_grad():
         assert task(torch.randn(1, 3, 64, 64)).shape == (1, 6, 64, 64)
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from rsseg.cli import main
-from rsseg.data.potsdam import PotsdamDataModule
+from rsseg.data.datasets.potsdam import PotsdamDataModule
 from rsseg.manifest import data_checksum, git_revision
 from tests.test_cli import _tiny_args
 from tests.wandb_offline import offline_runs

@@ -16,22 +16,21 @@ import torch
 from PIL import Image
 from torch.utils.data.distributed import DistributedSampler
 
-from rsseg.data.errors import DataError, DataWarning
-from rsseg.data.submission_uavid import FrameStitcher, UAVidSubmissionWriter, write_uavid_submission
-from rsseg.data.tiling import split_grid
-from rsseg.data.uavid import (
+from rsseg.data.core.errors import DataError, DataWarning
+from rsseg.data.core.tiling import split_grid
+from rsseg.data.datasets.uavid.datamodule import UAVidDataModule
+from rsseg.data.datasets.uavid.labels import (
     OFFICIAL_SEQUENCES,
     OFFICIAL_TO_GEOSEG,
     SEGEARTH_OV_MERGE,
     UAVID_CLASSES,
     UAVID_PALETTE,
-    UAVidDataModule,
     decode_uavid_label,
     encode_uavid_label,
-    find_release_frames,
-    prepare_uavid,
     uavid_spec,
 )
+from rsseg.data.datasets.uavid.prepare import find_release_frames, prepare_uavid
+from rsseg.data.submissions.uavid import FrameStitcher, UAVidSubmissionWriter, write_uavid_submission
 from tests.data.uavid.data import (
     FRAMES,
     SMALL,
@@ -324,7 +323,7 @@ def test_image_label_size_mismatch_names_both_files(raw, tmp_path):
     assert not (tmp_path / "dst").exists()
 
 
-@pytest.mark.filterwarnings("ignore::rsseg.data.errors.DataWarning")  # train frames are cut before val fails
+@pytest.mark.filterwarnings("ignore::rsseg.data.core.errors.DataWarning")  # train frames are cut before val fails
 def test_layout_errors_name_the_folder_or_file(raw, tmp_path):
     src = copy_raw(raw, tmp_path)
     label = src / "uavid_val" / "seq16" / "Labels" / "000000.png"

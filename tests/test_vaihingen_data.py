@@ -13,11 +13,11 @@ import tifffile
 import torch
 from PIL import Image
 
-from rsseg.data.errors import DataError, DataWarning
-from rsseg.data.io import read_image
-from rsseg.data.isprs import decode_isprs_label
-from rsseg.data.tiling import split_grid
-from rsseg.data.vaihingen import (
+from rsseg.data.core.errors import DataError, DataWarning
+from rsseg.data.core.io import read_image
+from rsseg.data.core.tiling import split_grid
+from rsseg.data.datasets.isprs.labels import decode_isprs_label
+from rsseg.data.datasets.vaihingen import (
     OFFICIAL_TEST_AREAS,
     OFFICIAL_TRAIN_AREAS,
     PROTOCOLS,

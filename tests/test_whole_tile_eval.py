@@ -9,13 +9,15 @@ import pytest
 import torch
 from lightning import Trainer
 
-from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD, StitchedTileDataset, normalise
-from rsseg.data.io import read_image
-from rsseg.data.isprs import decode_isprs_label
-from rsseg.data.potsdam import PotsdamDataModule, PotsdamDataset
+from rsseg.data.core.io import read_image
+from rsseg.data.core.prepared import StitchedTileDataset
+from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise
+from rsseg.data.datasets.isprs.labels import decode_isprs_label
+from rsseg.data.datasets.potsdam import PotsdamDataModule, PotsdamDataset
 from rsseg.tasks import SMPSegmentationTask
 
 SMALL_UNET = {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}
+SMALL_NET = {"class_path": "rsseg.models.SMPNet", "init_args": {"arch": "unet", "arch_kwargs": SMALL_UNET}}
 
 
 def test_stitched_tiles_equal_the_source_tiles(tiny_potsdam, tiny_potsdam_raw):
@@ -31,8 +33,7 @@ def test_stitched_tiles_equal_the_source_tiles(tiny_potsdam, tiny_potsdam_raw):
 
 
 def test_uint8_tiles_are_normalised_window_by_window():
-    task = SMPSegmentationTask(arch="unet", encoder="resnet18", num_classes=6, arch_kwargs=SMALL_UNET,
-                               inference_window=64, inference_overlap=16).eval()
+    task = SMPSegmentationTask(net=SMALL_NET, num_classes=6, inference_window=64, inference_overlap=16).eval()
     tile = torch.randint(0, 256, (1, 3, 150, 131), dtype=torch.uint8)
     as_float = normalise(tile[0].permute(1, 2, 0).numpy(), IMAGENET_MEAN, IMAGENET_STD)[None]
     with torch.no_grad():
@@ -44,8 +45,8 @@ def test_uint8_tiles_are_normalised_window_by_window():
 
 def test_whole_tile_test_run_counts_every_labelled_pixel(tiny_potsdam):
     data = PotsdamDataModule(tiny_potsdam, batch_size=2, num_workers=0, pin_memory=False, eval_whole_tiles=True)
-    task = SMPSegmentationTask(arch="unet", encoder="resnet18", num_classes=6, arch_kwargs=SMALL_UNET,
-                               inference_window=64, inference_overlap=16, test_per_class_wfm=False)
+    task = SMPSegmentationTask(net=SMALL_NET, num_classes=6, inference_window=64, inference_overlap=16,
+                               test_per_class_wfm=False)
     counted = []
     task.on_test_batch_end = lambda outputs, batch, batch_idx, dataloader_idx=0: counted.append(
         (tuple(batch["image"].shape), int((batch["mask"] != 255).sum()))
@@ -60,11 +61,10 @@ def test_whole_tile_test_run_counts_every_labelled_pixel(tiny_potsdam):
 
 
 def test_whole_tiles_need_a_tiled_dataset(tmp_path):
-    from rsseg.data.loveda import LoveDADataModule
+    from rsseg.data.datasets.loveda import LoveDADataModule
     from rsseg.data.synthetic import write_synthetic_loveda
 
     write_synthetic_loveda(tmp_path, per_split=(2, 2, 2), size=128)
-    data = LoveDADataModule(str(tmp_path), num_workers=0, eval_whole_tiles=True)
-    data.setup("validate")
-    with pytest.raises(ValueError, match="already evaluates whole images"):
-        data.val_dataloader()
+    # eval_whole_tiles belongs to prepared roots; LoveDA is read as released, in whole images
+    with pytest.raises(TypeError, match="eval_whole_tiles"):
+        LoveDADataModule(str(tmp_path), num_workers=0, eval_whole_tiles=True)

@@ -25,17 +25,13 @@ from pathlib import Path
 
 import yaml
 
+from rsseg.paths import default_experiments_dir
+
 REFINERS = ("idgbr",)
 
 
 class PlanError(ValueError):
     """A missing or inconsistent bench plan (names the plan file)."""
-
-
-def default_experiments_dir() -> Path:
-    """``./experiments`` when run from a checkout, else the one beside the installed package."""
-    here = Path("experiments")
-    return here if here.is_dir() else Path(__file__).resolve().parents[2] / "experiments"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rsseg.bench.plan import BenchPlan, merged_config
 from rsseg.bench.runs import Tracking, fit_and_test, fit_stage
-from rsseg.data.coarse import read_record
+from rsseg.data.refinement.coarse import read_record
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +68,13 @@ class RefinerStages:
         return {"method": name, "refines": method, "config": str(self.plan.refiner_configs[0]), **row}, samples
 
     def shared_args(self, protocol: str) -> list[str]:
-        """``--model.init_args`` for the label embedding (and VAE) checkpoints, fitted on the first call
-        (the VAE on the ``protocol``'s train split)."""
+        """The refiner's arguments for the label embedding checkpoint and (its network's ``vae``) the VAE,
+        fitted on the first call (the VAE on the ``protocol``'s train split)."""
         if self._shared_args is None:
             embedding = self._fit_label_embedding()
             self._shared_args = ["--model.init_args.label_embedding", embedding]
             if self.plan.refiner_vae is not None:
-                self._shared_args += ["--model.init_args.vae", self._fit_vae(embedding, protocol)]
+                self._shared_args += ["--model.init_args.net.init_args.vae", self._fit_vae(embedding, protocol)]
         return self._shared_args
 
     def _fit_label_embedding(self) -> str:
@@ -98,7 +98,7 @@ class RefinerStages:
         args = ["--config", str(self.plan.refiner_vae), "--data", json.dumps(config["data"]["init_args"]["data"]),
                 "--data.init_args.root", str(self.root), "--data.init_args.protocol", protocol,
                 "--model.init_args.label_embedding", embedding, "--model.init_args.export", str(export)]
-        vae_config = config["model"]["init_args"].get("vae_config")
+        vae_config = ((config["model"]["init_args"].get("net") or {}).get("init_args") or {}).get("vae_config")
         if vae_config is not None:
             args += ["--model.init_args.vae_config", json.dumps(vae_config)]
         return args

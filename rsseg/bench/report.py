@@ -200,7 +200,7 @@ def majority_class_row(dataset: str, root: Path, split: str = "test") -> dict:
 def train_pixel_counts(root: Path, data) -> list[int]:
     """Pixels per class of the training split: a prepared root's manifest, else counted from the masks
     of ``data`` (a datamodule read as released, built without crops or augmentation)."""
-    from rsseg.data.prepare import read_manifest
+    from rsseg.data.core.prepare import read_manifest
 
     if (root / "manifest.json").is_file():
         return read_manifest(root)["splits"]["train"]["pixels_per_class"]

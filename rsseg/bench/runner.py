@@ -145,7 +145,7 @@ def failure_reason(error: BaseException) -> str:
 def prepared_protocol(root: Path) -> list[str]:
     """A prepared root holds the splits of one protocol: every method runs with it (whatever its config
     names, e.g. SDCI's official Potsdam protocol); roots read as released: no override."""
-    from rsseg.data.prepare import read_manifest
+    from rsseg.data.core.prepare import read_manifest
 
     if not (Path(root) / "manifest.json").is_file():
         return []

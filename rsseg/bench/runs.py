@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsseg.callbacks import InferenceProfiler
+from rsseg.lightning_cli import build_cli
 from rsseg.models.baselines import count_parameters
 from rsseg.tracking import WandbEvaluationLogger, finish_wandb_run, wandb_mode, wandb_project
 
@@ -88,12 +89,10 @@ def fit_stage(name: str, args: list[str], run_dir: Path, tracking: Tracking) -> 
 
 def _build(name: str, args: list[str], run_dir: Path, tracking: Tracking):
     """The LightningCLI of one run (not run), writing to ``run_dir/name`` and logging to the bench's group."""
-    from rsseg.cli import _lightning_cli
-
     folder = run_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     logger = _wandb_logger(folder, tracking.group, name, [*tracking.tags])
-    return _lightning_cli([*args, "--trainer.default_root_dir", str(folder), "--trainer.logger", logger], run=False)
+    return build_cli([*args, "--trainer.default_root_dir", str(folder), "--trainer.logger", logger], run=False)
 
 
 def _close_loggers(trainer) -> None:

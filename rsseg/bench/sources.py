@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsseg.bench.plan import PlanError
-from rsseg.data.errors import DataError
+from rsseg.data.core.errors import DataError
 from rsseg.data.registry import PREPARERS, SYNTHESIZERS
 
 log = logging.getLogger(__name__)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from rsseg.data.chn6cug import CHN6CUGDataModule
-from rsseg.data.loveda import LoveDADataModule
-from rsseg.data.potsdam import PotsdamDataModule, prepare_potsdam
-from rsseg.data.refsegrs import RefSegRSDataModule
+from rsseg.data.datasets.chn6cug import CHN6CUGDataModule
+from rsseg.data.datasets.loveda import LoveDADataModule
+from rsseg.data.datasets.potsdam import PotsdamDataModule, prepare_potsdam
+from rsseg.data.datasets.refsegrs import RefSegRSDataModule
+from rsseg.data.datasets.uavid.datamodule import UAVidDataModule
+from rsseg.data.datasets.uavid.prepare import prepare_uavid
+from rsseg.data.datasets.vaihingen import VaihingenDataModule, prepare_vaihingen
 from rsseg.data.synthetic import SYNTHESIZERS
-from rsseg.data.uavid import UAVidDataModule, prepare_uavid
-from rsseg.data.vaihingen import VaihingenDataModule, prepare_vaihingen
 
 DATAMODULES = {
     "chn6cug": CHN6CUGDataModule,

@@ -264,13 +264,14 @@ class IDGBR(nn.Module):
 
     Args:
         num_classes: K, the classes of the label embedding.
+        label_embedding: the pretrained :class:`LabelEmbedding` (frozen here); a fresh one when None. With
+            ``num_classes``, what :class:`rsseg.tasks.IDGBRTask` gives (``net(num_classes, label_embedding)``).
         sd_model: Stable Diffusion v1.5 in diffusers format (hub id or local folder) for UNet, VAE and the
             empty-prompt embedding, loaded when ``pretrained``.
         pretrained: load ``sd_model``; False builds the same architecture randomly initialised (or the
             smaller ``unet_config`` / ``vae_config`` dicts, e.g. for tests), with a zero prompt embedding.
         vae: a diffusers ``AutoencoderKL`` (hub id or folder) replacing ``sd_model``'s VAE, e.g.
             ``stabilityai/sd-vae-ft-mse`` or an autoencoder fitted offline; loaded even when not ``pretrained``.
-        label_embedding: the pretrained :class:`LabelEmbedding` (frozen here); a fresh one when None.
         guidance_width, guidance_heads: attention size of the guidance modules.
         guidance_timestep: the fixed timestep of the pseudo-siamese encoder.
         use_image, use_coarse: Table VIII's guidance switches; a switched-off condition is replaced by a
@@ -286,12 +287,12 @@ class IDGBR(nn.Module):
     def __init__(
         self,
         num_classes: int,
+        label_embedding: LabelEmbedding | None = None,
         sd_model: str = DEFAULT_SD_MODEL,
         pretrained: bool = True,
         unet_config: dict | None = None,
         vae_config: dict | None = None,
         vae: str | None = None,
-        label_embedding: LabelEmbedding | None = None,
         guidance_width: int = 512,
         guidance_heads: int = 8,
         guidance_timestep: int = 1,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from rsseg.data.tiling import axis_starts_aligned
+from rsseg.grid import axis_starts_aligned
 
 
 def blend_weights(window: int, mode: str = "gaussian", sigma_scale: float = 0.125) -> torch.Tensor:

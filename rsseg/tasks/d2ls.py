@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from rsseg.data.spec import IGNORE_INDEX
+from rsseg.data.core.spec import IGNORE_INDEX
 from rsseg.models.d2ls import D2LS, D2LSOutput, dictionary_contrastive_loss
 from rsseg.tasks.segmentation import SegmentationLoss, SegmentationTask
 
@@ -59,31 +60,17 @@ class D2LSLoss(nn.Module):
 class D2LSTask(SegmentationTask):
     """D2LS (ICCV 2025) trained with its two-branch loss; evaluation and logging as every semantic method.
 
-    Model arguments are :class:`rsseg.models.D2LS`'s (see there for the paper/code switches); loss
-    arguments are :class:`D2LSLoss`'s. Defaults are the paper's: AdamW, lr 1e-4, weight decay 0.01,
-    cosine schedule (per step here; the released code steps per epoch), L = 3, C' = 256.
-    Validation and test losses are the dynamic branch's CE + Dice.
+    ``net`` is :class:`rsseg.models.D2LS` (see there for the paper/code switches: ``backbone``, ``pretrained``,
+    ``num_stages``, ``branches``, …); loss arguments are :class:`D2LSLoss`'s. Defaults are the paper's: AdamW,
+    lr 1e-4, weight decay 0.01, cosine schedule (per step here; the released code steps per epoch), L = 3,
+    C' = 256. Validation and test losses are the dynamic branch's CE + Dice.
     """
+
+    network_class = D2LS
 
     def __init__(
         self,
-        backbone: str = "convnext_base.fb_in1k",
-        pretrained: bool = True,
-        backbone_checkpoint: str | None = None,
-        frozen: bool = False,
-        drop_path_rate: float = 0.5,
-        in_channels: int = 3,
-        embed_dim: int = 256,
-        num_stages: int = 3,
-        num_heads: int = 8,
-        attention_downsample: int = 2,
-        dictionary_ratio: int = 4,
-        modulator: bool = True,
-        aggregator: bool = True,
-        branches: str = "both",
-        head: str = "interpolate",
-        final_token_attention: bool = False,
-        positional_encoding: bool = True,
+        net: Callable[[int], D2LS] = D2LS,
         static_weight: float = 0.4,
         dynamic_weight: float = 1.0,
         contrastive: bool = True,
@@ -95,22 +82,12 @@ class D2LSTask(SegmentationTask):
         scheduler: str = "cosine",
         **task_kwargs: Any,
     ) -> None:
-        self._net_args = dict(
-            backbone=backbone, pretrained=pretrained, backbone_checkpoint=backbone_checkpoint, frozen=frozen,
-            drop_path_rate=drop_path_rate, in_channels=in_channels, embed_dim=embed_dim, num_stages=num_stages,
-            num_heads=num_heads, attention_downsample=attention_downsample, dictionary_ratio=dictionary_ratio,
-            modulator=modulator, aggregator=aggregator, branches=branches, head=head,
-            final_token_attention=final_token_attention, positional_encoding=positional_encoding,
-        )
         task_kwargs.setdefault("loss", "ce+dice")
-        super().__init__(lr=lr, weight_decay=weight_decay, scheduler=scheduler, label_smoothing=label_smoothing,
-                         **task_kwargs)
+        super().__init__(net=net, lr=lr, weight_decay=weight_decay, scheduler=scheduler,
+                         label_smoothing=label_smoothing, **task_kwargs)
         self.d2ls_loss = D2LSLoss(
             self.ignore_index, static_weight, dynamic_weight, contrastive, static_dice, label_smoothing, dice_smooth
         )
-
-    def build_network(self) -> nn.Module:
-        return D2LS(num_classes=self.num_classes, **self._net_args)
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.net.backbone.parameters() if p.requires_grad]

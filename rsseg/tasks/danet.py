@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 from rsseg.metrics import ReferringMetrics
 from rsseg.models.danet import DANet, DANetOutput, affinity_alignment_loss
-from rsseg.models.lavt import DEFAULT_SWIN, DEFAULT_TEXT_ENCODER
+from rsseg.tasks.net import network_factory, network_spec
 from rsseg.tasks.segmentation import SCHEDULERS, eval_loss_metrics, log_eval_loss, with_schedule
 
 MASK_LOSSES = ("bce", "lavt_ce")
@@ -65,12 +66,14 @@ def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
 class DANetTask(LightningModule):
     """DANet / LAVT trained on referring batches (``image``, ``input_ids``, ``attention_mask``, ``mask``).
 
-    Model arguments are :class:`rsseg.models.DANet`'s; ``affinity_alignment`` … ``affinity_reduction``
-    and ``mask_loss``/``class_weights`` are :class:`ReferringLoss`'s. The two switches give the paper's
+    ``net`` is :class:`rsseg.models.DANet` (``backbone``, ``pretrained``, ``text_encoder``, ``agent_alignment``,
+    …, built with ``net()``; see :class:`rsseg.tasks.segmentation.SegmentationTask` for why the network is a
+    dependency); ``affinity_alignment`` … ``affinity_reduction`` and ``mask_loss``/``class_weights`` are
+    :class:`ReferringLoss`'s. ``net.init_args.agent_alignment`` and ``affinity_alignment`` give the paper's
     Table 3 rows; both off is the LAVT baseline. Defaults are the paper's (§4.2): AdamW lr 5e-4, batch 16
     (the datamodule's), λ_af = 0.5, K = 32, α = 0.8, stages {F_2, F_3, F_4}; weight decay 0.01 and the poly
     schedule (power 0.9, per step) are LAVT's. The tokenizer is the datamodule's: it must match
-    ``text_encoder``.
+    the network's ``text_encoder``.
 
     Evaluation: :class:`rsseg.metrics.ReferringMetrics` on ``mask`` (480² under the LAVT protocol) as
     ``val/…`` and ``test/…``; when the batch also holds ``mask_native`` (datamodule ``native_masks=True``)
@@ -80,24 +83,8 @@ class DANetTask(LightningModule):
 
     def __init__(
         self,
+        net: Callable[[], DANet] = DANet,
         num_classes: int = 2,
-        backbone: str = DEFAULT_SWIN,
-        pretrained: bool = True,
-        backbone_checkpoint: str | None = None,
-        img_size: int = 480,
-        drop_path_rate: float = 0.3,
-        backbone_kwargs: dict | None = None,
-        text_encoder: str = DEFAULT_TEXT_ENCODER,
-        text_pretrained: bool = True,
-        text_config: dict | None = None,
-        text_frozen: bool = False,
-        pwam_heads: int = 1,
-        decoder_channels: int = 512,
-        agent_alignment: bool = True,
-        num_agents: int = 32,
-        key_dim: int = 256,
-        agent_heads: int = 8,
-        agent_ffn_dim: int = 2048,
         affinity_alignment: bool = True,
         affinity_weight: float = 0.5,
         affinity_stages: tuple[int, ...] = (2, 3, 4),
@@ -117,13 +104,8 @@ class DANetTask(LightningModule):
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
         self.save_hyperparameters()
-        self.net = DANet(
-            backbone=backbone, pretrained=pretrained, backbone_checkpoint=backbone_checkpoint, img_size=img_size,
-            drop_path_rate=drop_path_rate, backbone_kwargs=backbone_kwargs, text_encoder=text_encoder,
-            text_pretrained=text_pretrained, text_config=text_config, text_frozen=text_frozen, pwam_heads=pwam_heads,
-            decoder_channels=decoder_channels, agent_alignment=agent_alignment, num_agents=num_agents,
-            key_dim=key_dim, agent_heads=agent_heads, agent_ffn_dim=agent_ffn_dim,
-        )
+        self.hparams["net"] = network_spec(self.hparams["net"], 0)  # the config form, never a pickled callable
+        self.net = network_factory(net, DANet)()
         self.criterion = ReferringLoss(mask_loss, class_weights, affinity_alignment, affinity_weight,
                                        affinity_stages, alpha, affinity_reduction)
         self.eval_losses = eval_loss_metrics()
@@ -132,11 +114,17 @@ class DANetTask(LightningModule):
             for stage in ("val", "test") for suffix in ("", "_native")
         })
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args: Any, **kwargs: Any):
+        """Lightning's, also for checkpoints written before issue 19 (see :mod:`rsseg.legacy`)."""
+        from rsseg.legacy import load_legacy
+
+        return super().load_from_checkpoint(load_legacy(cls, checkpoint_path), *args, **kwargs)
+
     @property
     def method_name(self) -> str:
         """``lavt`` with both alignments off (the baseline), else ``danet``."""
-        hp = self.hparams
-        return "danet" if hp.affinity_alignment or hp.agent_alignment else "lavt"
+        return "danet" if self.hparams.affinity_alignment or self.net.agent_alignment is not None else "lavt"
 
     def forward(self, batch: dict[str, Any]) -> DANetOutput:
         return self.net(batch["image"], batch["input_ids"], batch["attention_mask"])

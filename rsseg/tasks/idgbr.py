@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
 from lightning.pytorch.strategies import FSDPStrategy
-from torch import nn
 
 from rsseg.checkpoints import read_checkpoint
-from rsseg.models.idgbr import DEFAULT_SD_MODEL, IDGBR, LabelEmbedding, sample_timesteps
+from rsseg.models.idgbr import IDGBR, LabelEmbedding, sample_timesteps
 from rsseg.models.repa import DEFAULT_DINO, DinoPatchFeatures, RepaProjector, repa_loss
 from rsseg.models.sliding_window import sliding_window_logits
 from rsseg.tasks.segmentation import SegmentationTask, data_statistics, with_schedule
@@ -136,7 +136,8 @@ class LatentAutoencoderTask(LightningModule):
 class IDGBRTask(SegmentationTask):
     """IDGBR's refiner trained and evaluated as a semantic method (metrics, logging, windows shared).
 
-    Model arguments are :class:`rsseg.models.IDGBR`'s. The rest:
+    ``net`` is :class:`rsseg.models.IDGBR` (``sd_model``, ``pretrained``, ``vae``, guidance and noise schedule
+    switches), built with ``net(num_classes, label_embedding)``. The rest:
 
     Args:
         label_embedding: checkpoint of the :class:`LabelEmbeddingTask` run for this dataset (None: a fresh,
@@ -158,24 +159,13 @@ class IDGBRTask(SegmentationTask):
     target cannot skip pixels; the metrics still ignore them.
     """
 
+    network_class = IDGBR
+    net_open_arguments = 2  # the number of classes and the label embedding
+
     def __init__(
         self,
-        sd_model: str = DEFAULT_SD_MODEL,
-        pretrained: bool = True,
-        unet_config: dict | None = None,
-        vae_config: dict | None = None,
-        vae: str | None = None,
+        net: Callable[[int, LabelEmbedding | None], IDGBR] = IDGBR,
         label_embedding: str | None = None,
-        guidance_width: int = 512,
-        guidance_heads: int = 8,
-        guidance_timestep: int = 1,
-        use_image: bool = True,
-        use_coarse: bool = True,
-        beta_schedule: str = "linear",
-        beta_start: float = 8.5e-4,
-        beta_end: float = 1.2e-2,
-        num_train_timesteps: int = 1000,
-        repa_source: str = "unet",
         cubic_timesteps: bool = True,
         repa_model: str = DEFAULT_DINO,
         repa_pretrained: bool = True,
@@ -195,15 +185,9 @@ class IDGBRTask(SegmentationTask):
     ) -> None:
         if vae_input not in VAE_INPUTS:
             raise ValueError(f"vae_input must be one of {VAE_INPUTS}, got {vae_input!r}")
-        self._net_args = dict(
-            sd_model=sd_model, pretrained=pretrained, unet_config=unet_config, vae_config=vae_config, vae=vae,
-            guidance_width=guidance_width, guidance_heads=guidance_heads, guidance_timestep=guidance_timestep,
-            use_image=use_image, use_coarse=use_coarse, beta_schedule=beta_schedule, beta_start=beta_start,
-            beta_end=beta_end, num_train_timesteps=num_train_timesteps, repa_source=repa_source,
-        )
         self._label_embedding_path = label_embedding
-        super().__init__(lr=lr, weight_decay=weight_decay, scheduler=scheduler, inference_window=inference_window,
-                         **task_kwargs)
+        super().__init__(net=net, lr=lr, weight_decay=weight_decay, scheduler=scheduler,
+                         inference_window=inference_window, **task_kwargs)
         self.repa_projector: RepaProjector | None = None
         self._dino: DinoPatchFeatures | None = None  # kept out of the module tree: never checkpointed
         if repa_weight > 0 and repa_steps > 0:
@@ -213,20 +197,20 @@ class IDGBRTask(SegmentationTask):
     @property
     def bench_note(self) -> str | None:
         """Why a bench row of this model says nothing about the method, if it does (a random tiny UNet)."""
-        if not self.hparams.pretrained:
+        if not self.net_args.get("pretrained", True):
             return ("IDGBR from a random tiny diffusion UNet and VAE trained for a few dozen steps (offline smoke "
                     "profile): the refiner has not learnt to denoise, so it scores below its coarse maps; the paper "
                     "profile fine-tunes Stable Diffusion v1.5")
         return None
 
-    def build_network(self) -> nn.Module:
+    def build_network(self, net: Callable[..., IDGBR]) -> IDGBR:
         if self._label_embedding_path:
             embedding = load_label_embedding(self._label_embedding_path, self.num_classes)
         else:
             logger.warning("IDGBR: no label_embedding checkpoint given; the label embedding is untrained "
                            "(train one with experiments/idgbr/label_embedding_*.yaml)")
             embedding = None
-        return IDGBR(self.num_classes, label_embedding=embedding, **self._net_args)
+        return net(self.num_classes, embedding)
 
     # --- inputs -------------------------------------------------------------------------------------
     def _vae_image(self, image: torch.Tensor) -> torch.Tensor:

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from rsseg.data.spec import IGNORE_INDEX
+from rsseg.data.core.spec import IGNORE_INDEX
 from rsseg.models.sdci.model import SDCI
 from rsseg.models.sdci.prompts import load_prompts
 from rsseg.tasks.segmentation import SegmentationTask
-
-SDCI_ARGUMENTS = tuple(inspect.signature(SDCI).parameters)
 
 
 def _prompt_file(path: str) -> Path:
     """``path`` as given, or, when that does not exist, relative to the folder holding rsseg's
     ``experiments/`` (so the configs' ``experiments/sdci/prompts/…`` work from any working directory)."""
-    from rsseg.bench.plan import default_experiments_dir
+    from rsseg.paths import default_experiments_dir
 
     given = Path(path)
     beside = default_experiments_dir().resolve().parent / given
@@ -37,11 +34,15 @@ class SDCITask(SegmentationTask):
             are not scored) or ``"predict"`` (a class like the others, as SegEarth-OV counts it).
         class_names: the dataset's class names in label order; taken from the datamodule's spec when None.
         inference_window: 512, the paper's full-image size; larger inputs go through sliding windows.
-        The remaining SDCI arguments are :class:`rsseg.models.sdci.model.SDCI`'s (paper defaults).
+        net: :class:`rsseg.models.sdci.model.SDCI` and its arguments (paper defaults), built with ``net()``.
     """
+
+    network_class = SDCI
+    net_open_arguments = 0
 
     def __init__(
         self,
+        net: Callable[[], SDCI] = SDCI,
         num_classes: int | None = None,
         prompts: str | None = None,
         prompt_setting: str = "ori",
@@ -56,37 +57,11 @@ class SDCITask(SegmentationTask):
         wfm_workers: int = 2,
         wfm_device: str = "cpu",
         test_boundary_wfm: bool = True,
-        clip_model: str = "ViT-L-14",
-        clip_pretrained: str | None = "openai",
-        clip_config: dict | None = None,
-        clip_size: int = 512,
-        dino_version: str = "v2",
-        dino_model: str | None = None,
-        dino_pretrained: bool = True,
-        dino_config: dict | None = None,
-        dino_size: int | None = None,
-        attention_fusion: str = "paper",
-        align: str = "grid",
-        caf_weight: float = 1.0,
-        last_threshold: float = 0.2,
-        logit_scale: float = 50.0,
-        knn: int = 30,
-        temperature: float = 0.07,
-        graph_features: str = "mean",
-        alpha: float = 0.9,
-        diffusion_steps: int = 40,
-        diffusion_half: bool = False,
-        use_bcdr: bool = True,
-        use_cscp: bool = True,
-        score_normalization: str = "released",
-        class_threshold: float = 0.0,
-        cscp: dict | None = None,
     ) -> None:
         if prompts is None:
             raise ValueError("SDCI needs a prompt table: set model.init_args.prompts (experiments/sdci/prompts/)")
-        self._sdci_args = {k: v for k, v in locals().items() if k in SDCI_ARGUMENTS}
-        super().__init__(num_classes=num_classes, ignore_index=ignore_index, exclude_from_mean=exclude_from_mean,
-                         inference_window=inference_window,
+        super().__init__(net=net, num_classes=num_classes, ignore_index=ignore_index,
+                         exclude_from_mean=exclude_from_mean, inference_window=inference_window,
                          inference_overlap=inference_overlap, inference_blend=inference_blend,
                          test_per_class_wfm=test_per_class_wfm, wfm_workers=wfm_workers, wfm_device=wfm_device,
                          test_boundary_wfm=test_boundary_wfm, scheduler="none")
@@ -97,15 +72,15 @@ class SDCITask(SegmentationTask):
     @property
     def bench_note(self) -> str | None:
         """Why a bench row of this model means nothing, if it does (random CLIP or DINO weights)."""
-        hp = self.hparams
-        if hp.clip_pretrained is None or not hp.dino_pretrained:
+        net = self.net_args
+        if net.get("clip_pretrained", "openai") is None or not net.get("dino_pretrained", True):
             return ("SDCI with random CLIP/DINO weights (offline smoke profile): training-free, so these scores "
                     "are not meaningful; the full profile loads the real weights from the open_clip and Hugging "
                     "Face caches")
         return None
 
-    def build_network(self) -> nn.Module:
-        return SDCI(**self._sdci_args)
+    def build_network(self, net: Callable[[], SDCI]) -> SDCI:
+        return net()
 
     def setup(self, stage: str) -> None:
         if stage == "fit":

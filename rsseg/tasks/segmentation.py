@@ -1,13 +1,15 @@
 """Semantic segmentation as a LightningModule: loss, optimiser, schedule, evaluation, logging.
 
-Every semantic method (the smp baselines here, D2LS later) subclasses :class:`SegmentationTask` and
-only says how to build its network, so all of them report the same metric keys computed the same way.
+Every semantic method (the smp baselines here, D2LS, IDGBR, SDCI) subclasses :class:`SegmentationTask` and
+takes its network as ``net`` (configured once, in the network's own constructor; see :mod:`rsseg.tasks.net`),
+so all of them report the same metric keys computed the same way.
 The metric convention (excluded classes, class names) comes from the datamodule's ``spec``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,11 +18,12 @@ from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 from torchmetrics import MeanMetric
 
-from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD
-from rsseg.data.spec import IGNORE_INDEX
+from rsseg.data.core.spec import IGNORE_INDEX
+from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rsseg.metrics import BoundaryWFMeasure, SegmentationMetrics
-from rsseg.models.baselines import build_smp_model
+from rsseg.models.baselines import SMPNet
 from rsseg.models.sliding_window import sliding_window_logits
+from rsseg.tasks.net import NetFactory, network_factory, network_spec
 
 LOSSES = ("ce", "ce+dice")
 SCHEDULERS = ("cosine", "poly", "none")
@@ -56,9 +59,26 @@ class SegmentationLoss(nn.Module):
 
 
 class SegmentationTask(LightningModule):
-    """Shared training and evaluation for semantic segmentation (subclasses build the network).
+    """Shared training and evaluation for semantic segmentation of a network given as ``net``.
+
+    The network is a dependency, not restated here: ``net`` is its class partially configured, typed
+    ``Callable[[int], <Network>]`` by each subclass, and the task builds it with ``net(num_classes)``. In a
+    config it reads ``net: {class_path: rsseg.models.D2LS, init_args: {...}}``; jsonargparse lists every
+    constructor argument of the network under ``model.init_args.net.init_args`` (``--print_config``, command
+    line overrides such as ``--model.init_args.net.init_args.num_stages 2``) and hands the task a partial whose
+    only open argument is the number of classes, which the CLI links from the datamodule to
+    ``model.init_args.num_classes`` at instantiation: so the network cannot be built before the data is known,
+    and a callable (like Lightning's ``OptimizerCallable``) is the one form that both defers it and keeps the
+    network's switches in its own signature. LightningCLI's ``load_from_checkpoint_support`` stores the whole
+    parsed config, ``net`` included, so ``load_from_checkpoint(path)`` rebuilds the network from the checkpoint
+    alone; outside the CLI ``net`` may be a class, a ``functools.partial`` of one, or its config dict, and the
+    hyper-parameters always hold the config dict (:func:`rsseg.tasks.net.network_spec`). Loss, metrics,
+    optimiser and logging stay here; networks stay plain ``nn.Module``s. Checkpoints of the flat layout before
+    issue 19 still load here (converted on the fly); :func:`rsseg.legacy.convert_legacy_checkpoint` rewrites
+    them for ``--ckpt_path``.
 
     Args:
+        net: the network (see above); subclasses give their network class as the default.
         num_classes: number of classes; the CLI fills it in from the datamodule.
         ignore_index: label ignored by loss and metrics.
         loss: ``"ce"`` or ``"ce+dice"``.
@@ -82,8 +102,11 @@ class SegmentationTask(LightningModule):
             (``test/boundary_WF``; :class:`rsseg.metrics.BoundaryWFMeasure`).
     """
 
+    network_class: type[nn.Module] = nn.Module  # what ``net`` must build (subclasses narrow it)
+
     def __init__(
         self,
+        net: NetFactory | dict[str, Any] | None = None,
         num_classes: int | None = None,
         ignore_index: int = IGNORE_INDEX,
         loss: str = "ce",
@@ -108,20 +131,39 @@ class SegmentationTask(LightningModule):
             raise ValueError(f"num_classes must be ≥ 2 (got {num_classes}); set model.init_args.num_classes")
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
+        if net is None:
+            raise ValueError("net must be set: the network to train, e.g. net: {class_path: rsseg.models.D2LS}")
         self.save_hyperparameters()
+        self.hparams["net"] = network_spec(self.hparams["net"], self.net_open_arguments)  # never a pickled callable
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.criterion = SegmentationLoss(loss, ignore_index, label_smoothing)
-        self.net = self.build_network()
+        self.net = self.build_network(network_factory(net, self.network_class))
         self.val_metrics: SegmentationMetrics | None = None
         self.test_metrics: SegmentationMetrics | None = None
         self.test_boundary: BoundaryWFMeasure | None = None
         self.confusion_matrices: dict[str, torch.Tensor] = {}  # the last evaluation's, by prefix (val, test)
         self.eval_losses = eval_loss_metrics()
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args: Any, **kwargs: Any):
+        """Lightning's, also for checkpoints written before issue 19 (converted on the fly, see
+        :mod:`rsseg.legacy`)."""
+        from rsseg.legacy import load_legacy
+
+        return super().load_from_checkpoint(load_legacy(cls, checkpoint_path), *args, **kwargs)
+
     # --- what subclasses provide -------------------------------------------------------------
-    def build_network(self) -> nn.Module:
-        raise NotImplementedError
+    net_open_arguments = 1  # the arguments of ``net`` the task gives (here the number of classes)
+
+    def build_network(self, net: NetFactory) -> nn.Module:
+        """The network from ``net``, the partially configured network class."""
+        return net(self.num_classes)
+
+    @property
+    def net_args(self) -> dict[str, Any]:
+        """The network's configured arguments (``net``'s ``init_args``)."""
+        return dict(self.hparams["net"]["init_args"])
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Parameters trained at ``lr * encoder_lr_mult`` (none by default)."""
@@ -292,36 +334,19 @@ def _lr_lambda(kind: str, warmup: int, total: int):
 class SMPSegmentationTask(SegmentationTask):
     """A segmentation-models-pytorch baseline (UNet, DeepLabV3+, SegFormer, …) as a task.
 
-    Args:
-        arch: smp architecture name (``unet``, ``deeplabv3plus``, ``segformer``, ``upernet``, …).
-        encoder: smp/timm encoder name (``resnet18``, ``mit_b0``, ``tu-convnext_tiny``, …).
-        encoder_weights: ``None`` (random, offline), an smp weight name such as ``"imagenet"``, or a
-            local encoder ``state_dict`` file.
-        in_channels: image bands.
-        arch_kwargs: extra keyword arguments of the smp architecture (e.g. ``decoder_channels``).
+    ``net`` is :class:`rsseg.models.SMPNet` (``arch``, ``backbone``, ``pretrained``, ``in_channels``,
+    ``arch_kwargs``; smp's ``encoder``/``encoder_weights`` are accepted as aliases). The rest is
+    :class:`SegmentationTask`'s.
     """
 
-    def __init__(
-        self,
-        arch: str = "unet",
-        encoder: str = "resnet18",
-        encoder_weights: str | None = None,
-        in_channels: int = 3,
-        arch_kwargs: dict[str, Any] | None = None,
-        **task_kwargs: Any,
-    ):
-        self._net_args = dict(
-            arch=arch, encoder=encoder, encoder_weights=encoder_weights, in_channels=in_channels,
-            **(arch_kwargs or {}),
-        )
-        super().__init__(**task_kwargs)
+    network_class = SMPNet
+
+    def __init__(self, net: Callable[[int], SMPNet] = SMPNet, **task_kwargs: Any):
+        super().__init__(net=net, **task_kwargs)
 
     @property
     def method_name(self) -> str:
-        return self._net_args["arch"].lower()
-
-    def build_network(self) -> nn.Module:
-        return build_smp_model(num_classes=self.num_classes, **self._net_args)
+        return self.net.arch.lower()
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return list(self.net.encoder.parameters())

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import rsseg
-from rsseg.data.errors import DataError
-from rsseg.data.prepare import examples, files_on_disk
+from rsseg.data.core.errors import DataError
+from rsseg.data.core.prepare import examples, files_on_disk
 from rsseg.data.synthetic.chn6cug import write_synthetic_chn6cug
 from rsseg.data.synthetic.files import write_text_atomically
 from rsseg.data.synthetic.loveda import write_synthetic_loveda

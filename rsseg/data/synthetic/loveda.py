@@ -41,9 +41,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from rsseg.data.io import PNG_COMPRESS_LEVEL
-from rsseg.data.loveda import LOVEDA_CLASSES, LOVEDA_PALETTE, encode_loveda_mask
-from rsseg.data.spec import IGNORE_INDEX
+from rsseg.data.core.io import PNG_COMPRESS_LEVEL
+from rsseg.data.core.spec import IGNORE_INDEX
+from rsseg.data.datasets.loveda import LOVEDA_CLASSES, LOVEDA_PALETTE, encode_loveda_mask
 from rsseg.data.synthetic.files import write_atomically, write_text_atomically
 from rsseg.data.synthetic.scene import MATERIAL_NAMES, render_scene
 

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from rsseg.data.isprs import ISPRS_CLASSES, ISPRS_PALETTE, encode_isprs_label
+from rsseg.data.datasets.isprs.labels import ISPRS_CLASSES, ISPRS_PALETTE, encode_isprs_label
 from rsseg.data.synthetic.files import write_atomically, write_text_atomically
 from rsseg.data.synthetic.scene import MATERIAL_ISPRS_CLASS, render_scene
 

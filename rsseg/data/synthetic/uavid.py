@@ -34,10 +34,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rsseg.data.io import write_png
-from rsseg.data.synthetic.files import write_atomically, write_text_atomically
-from rsseg.data.synthetic.scene import MATERIAL_NAMES, render_scene
-from rsseg.data.uavid import (
+from rsseg.data.core.io import write_png
+from rsseg.data.datasets.uavid.labels import (
     BUILDING,
     CLUTTER,
     HUMAN,
@@ -52,6 +50,8 @@ from rsseg.data.uavid import (
     UAVID_PALETTE,
     encode_uavid_label,
 )
+from rsseg.data.synthetic.files import write_atomically, write_text_atomically
+from rsseg.data.synthetic.scene import MATERIAL_NAMES, render_scene
 
 __all__ = ["MATERIAL_UAVID_CLASS", "render_synthetic_frame", "synthetic_frame_name", "write_synthetic_uavid"]
 

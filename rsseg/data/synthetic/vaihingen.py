@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rsseg.data.isprs import ISPRS_CLASSES, ISPRS_PALETTE, encode_isprs_label
+from rsseg.data.datasets.isprs.labels import ISPRS_CLASSES, ISPRS_PALETTE, encode_isprs_label
 from rsseg.data.synthetic.files import write_text_atomically
 from rsseg.data.synthetic.potsdam import BOUNDARY_RADIUS, erode_label, geotiff_tags, write_geotiff
 from rsseg.data.synthetic.scene import MATERIAL_ISPRS_CLASS, MATERIAL_NAMES, render_scene

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD
 from rsseg.models.sdci.cscp import CSCP, as_distribution
 from rsseg.models.sdci.fusion import (
     align_attention,
@@ -31,6 +30,8 @@ from rsseg.models.sdci.structural import DINO_VERSIONS, StructuralBranch, load_d
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DINO_MEAN = (0.485, 0.456, 0.406)  # DINO and DINOv2 take ImageNet-normalised images
+DINO_STD = (0.229, 0.224, 0.225)
 SCORE_NORMALISATIONS = ("released", "presence")
 
 
@@ -126,7 +127,7 @@ class SDCI(nn.Module):
         self.cscp = CSCP(**(cscp or {}))
         self.register_buffer("text", torch.empty(0), persistent=False)
         self.num_outputs = 0
-        for name, mean, std in (("clip_mean", CLIP_MEAN, CLIP_STD), ("dino_mean", IMAGENET_MEAN, IMAGENET_STD)):
+        for name, mean, std in (("clip_mean", CLIP_MEAN, CLIP_STD), ("dino_mean", DINO_MEAN, DINO_STD)):
             self.register_buffer(name, torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
             self.register_buffer(name.replace("mean", "std"), torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from rsseg.data.io import write_png
+from rsseg.data.core.io import write_png
+from rsseg.data.datasets.uavid.labels import NUM_CLASSES, encode_uavid_label
 from rsseg.data.synthetic.files import write_atomically
-from rsseg.data.uavid import NUM_CLASSES, encode_uavid_label
 
 _SEQ_NAME = re.compile(r"^seq\d+$", re.IGNORECASE)
 _FRAME_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")

@@ -16,8 +16,8 @@ Protocols:
   there is no val split. Clutter is included in mIoU/mF1, as mmseg evaluates.
 
 Train/val use the full labels; test uses the eroded ``noBoundary`` labels (boundaries → ignore) unless
-``test_labels="full"``. The shared machinery is in ``isprs_prepare.py``; bands and their normalisation
-statistics in ``isprs.py``.
+``test_labels="full"``. The shared machinery is in ``isprs/prepare.py`` and ``isprs/datamodule.py``;
+bands and their normalisation statistics in ``isprs/labels.py``.
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rsseg.data.isprs import BANDS, TEST_LABEL_KINDS, check_bands, isprs_spec  # noqa: F401  (re-exported)
-from rsseg.data.isprs_prepare import (  # noqa: F401  (IMAGE_FILL, TileJob, cut_tile, label_kind_for: re-exported)
+from rsseg.data.core.prepare import SplitProtocol
+from rsseg.data.core.protocols import lookup_protocol
+from rsseg.data.core.spec import DatasetSpec
+from rsseg.data.datasets.isprs.datamodule import IsprsDataModule, IsprsPatchDataset
+from rsseg.data.datasets.isprs.labels import BANDS, TEST_LABEL_KINDS, check_bands, isprs_spec  # noqa: F401  (re-exported)
+from rsseg.data.datasets.isprs.prepare import (  # noqa: F401  (IMAGE_FILL, TileJob, cut_tile, label_kind_for: re-exported)
     IMAGE_FILL,
-    IsprsDataModule,
     IsprsLayout,
-    IsprsPatchDataset,
     TileJob,
     cut_tile,
     label_kind_for,
@@ -39,10 +41,7 @@ from rsseg.data.isprs_prepare import (  # noqa: F401  (IMAGE_FILL, TileJob, cut_
     require_images,
     walk_isprs_files,
 )
-from rsseg.data.isprs_prepare import plan_tiles as plan_isprs_tiles
-from rsseg.data.prepare import SplitProtocol
-from rsseg.data.protocols import lookup_protocol
-from rsseg.data.spec import DatasetSpec
+from rsseg.data.datasets.isprs.prepare import plan_tiles as plan_isprs_tiles
 
 DATASET = "potsdam"
 
@@ -177,7 +176,7 @@ def plan_tiles(
     src: Path,
     bands: str = DEFAULT_BANDS,
 ) -> tuple[list[TileJob], dict[str, list[str]]]:
-    """Pair each protocol tile's image with the label its split needs (see ``isprs_prepare.plan_tiles``)."""
+    """Pair each protocol tile's image with the label its split needs (see ``isprs.prepare.plan_tiles``)."""
     return plan_isprs_tiles(files, protocol, test_labels, src, potsdam_layout(bands))
 
 

@@ -38,10 +38,10 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from rsseg.data.base import PatchDataModule
-from rsseg.data.errors import DataError
-from rsseg.data.io import read_image, write_png
-from rsseg.data.spec import DatasetSpec
+from rsseg.data.core.datamodule import BaseDataModule
+from rsseg.data.core.errors import DataError
+from rsseg.data.core.io import read_image, write_png
+from rsseg.data.core.spec import DatasetSpec
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ class _JointTransform:
         self._result: np.ndarray | None = None
 
     def set_random_seed(self, seed: int) -> None:
-        """Reseed the wrapped transform (``rsseg.data.base.seed_augmentation`` calls it in each worker)."""
+        """Reseed the wrapped transform (``rsseg.data.core.transforms.seed_augmentation`` calls it in each worker)."""
         self.transform.set_random_seed(seed)
 
     def stage(self, coarse: np.ndarray, path: Path, hint: str) -> None:
@@ -404,9 +404,9 @@ class CoarseMapDataModule(lightning.LightningDataModule):
     naming the file and the fix.
     """
 
-    def __init__(self, data: PatchDataModule, coarse: str) -> None:
+    def __init__(self, data: BaseDataModule, coarse: str) -> None:
         super().__init__()
-        if data.eval_whole_tiles:
+        if getattr(data, "eval_whole_tiles", False):  # a prepared root's option
             raise ValueError("CoarseMapDataModule pairs patches with their coarse maps; eval_whole_tiles=True "
                              "(whole stitched tiles) is not supported")
         self.data = data

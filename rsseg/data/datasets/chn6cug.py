@@ -36,10 +36,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD, PatchDataModule, normalise, train_transform
-from rsseg.data.errors import DataError
-from rsseg.data.io import read_image
-from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
+from rsseg.data.core.datamodule import BaseDataModule
+from rsseg.data.core.errors import DataError
+from rsseg.data.core.io import read_image
+from rsseg.data.core.spec import IGNORE_INDEX, DatasetSpec
+from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise, train_transform
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ class CHN6CUGDataset(Dataset):
         }
 
 
-class CHN6CUGDataModule(PatchDataModule):
+class CHN6CUGDataModule(BaseDataModule):
     """CHN6-CUG for fit/validate/test/predict, read straight from the official layout (no preparation).
 
     ``crop_size`` random-crops training tiles (None keeps whole tiles; tiles are 512², so 512 only pads
@@ -220,13 +221,16 @@ class CHN6CUGDataModule(PatchDataModule):
     default_protocol = DEFAULT_PROTOCOL
 
     def __init__(self, root: str, val_fraction: float = 0.1, **kwargs: Any) -> None:
-        """``val_fraction``: share of train held out as val under "holdout"; others: ``PatchDataModule``."""
+        """``val_fraction``: share of train held out as val under "holdout"; others: ``BaseDataModule``."""
         super().__init__(root, **kwargs)
         self.val_fraction = val_fraction
         self.splits: dict[str, dict[str, tuple[Path, Path]]] | None = None
 
-    def make_spec(self, protocol: str, manifest: dict[str, Any] | None = None) -> DatasetSpec:
+    def make_spec(self, protocol: str) -> DatasetSpec:
         return chn6cug_spec(protocol)
+
+    def has_val_split(self) -> bool:
+        return "val" in self.load_splits()
 
     def load_splits(self) -> dict[str, dict[str, tuple[Path, Path]]]:
         if self.splits is None:
@@ -258,8 +262,3 @@ class CHN6CUGDataModule(PatchDataModule):
             split = self.checked_predict_split(splits)
             reuse = split == "test" and self.test_dataset is not None
             self.predict_dataset = self.test_dataset if reuse else self._split_dataset(split)
-
-    def val_dataloader(self):
-        if self.val_dataset is None and "val" not in self.load_splits():
-            return []  # no val split under this protocol: Lightning skips validation
-        return self._loader(self._require("val_dataset", "validate"), self.eval_batch_size, train=False)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from rsseg.data.palette import decode_colours, pack_rgb
-from rsseg.data.prepare import SplitProtocol
-from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
+from rsseg.data.core.palette import decode_colours, pack_rgb
+from rsseg.data.core.prepare import SplitProtocol
+from rsseg.data.core.spec import IGNORE_INDEX, DatasetSpec
 
 ISPRS_CLASSES = ("impervious_surfaces", "building", "low_vegetation", "tree", "car", "clutter")
 ISPRS_PALETTE = (

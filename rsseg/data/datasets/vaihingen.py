@@ -15,7 +15,7 @@ archive ships in ``gts_for_participants/`` are used only for areas without a COM
 or two labels of one area (e.g. images moved out of ``top/``, so they look like labels) are a DataError
 naming both files; so is a source without any ``top/`` image.
 
-Protocols (the same label/metric conventions as Potsdam, see ``isprs.py``):
+Protocols (the same label/metric conventions as Potsdam, see ``isprs/labels.py``):
 
 * ``unetformer`` (default, GeoSeg/UNetFormer): test = the 17 official test areas with eroded labels;
   val = area 30; train = the other 15 official training areas. Clutter is left out of mIoU/mF1.
@@ -32,18 +32,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rsseg.data.isprs import isprs_spec
-from rsseg.data.isprs_prepare import (
-    IsprsDataModule,
+from rsseg.data.core.prepare import SplitProtocol
+from rsseg.data.core.protocols import lookup_protocol
+from rsseg.data.core.spec import DatasetSpec
+from rsseg.data.datasets.isprs.datamodule import IsprsDataModule, IsprsPatchDataset
+from rsseg.data.datasets.isprs.labels import isprs_spec
+from rsseg.data.datasets.isprs.prepare import (
     IsprsLayout,
-    IsprsPatchDataset,
     prepare_isprs,
     require_images,
     walk_isprs_files,
 )
-from rsseg.data.prepare import SplitProtocol
-from rsseg.data.protocols import lookup_protocol
-from rsseg.data.spec import DatasetSpec
 
 DATASET = "vaihingen"
 BANDS = "IRRG"  # the only band set Vaihingen ships

@@ -1,45 +1,8 @@
-"""UAVid: release layout, colour labels, preparation into patches, dataset and datamodule.
+"""UAVid preparation: find the release frames under ``--src`` and cut them into a prepared root.
 
-Raw layout (datasets.md §2), as the official release extracts, anywhere under ``--src``::
+Images are paired with labels by sequence and frame name; colours outside the UAVid table become
+ignore and are reported per file (or refused with ``strict``). See the package docstring for tiling."""
 
-    uavid_train/seq1/Images/000000.png   uavid_train/seq1/Labels/000000.png   20 sequences × 10 frames
-    uavid_val/seq16/Images/...           uavid_val/seq16/Labels/...           7 sequences × 10 frames
-    uavid_test/seq21/Images/...                                               15 sequences × 10 frames, no labels
-
-Frames are 3840×2160 or 4096×2160 RGB PNGs; labels are RGB colour PNGs with the same names. An image
-is paired with the label of the same sequence and frame name (never by zipping two listings, the bug
-risk of GeoSeg's ``uavid_patch_split.py``); sequences sort numerically (seq2 before seq10).
-
-Class indices follow the official UAVidToolKit order (``colorTransformer.py``, its "trainId")::
-
-    index  class                RGB             GeoSeg index
-    0      background clutter   (0, 0, 0)       7
-    1      building             (128, 0, 0)     0
-    2      road                 (128, 64, 128)  1
-    3      static car           (192, 0, 192)   5
-    4      tree                 (0, 128, 0)     2
-    5      low vegetation       (128, 128, 0)   3
-    6      human                (64, 64, 0)     6
-    7      moving car           (64, 0, 128)    4
-
-Two other orders are in use: GeoSeg/UNetFormer (``OFFICIAL_TO_GEOSEG`` maps ours to theirs) and
-SegEarth-OV, which keeps the official order but merges moving car into static car (7 → 3,
-``SEGEARTH_OV_MERGE``). Colours are decoded with an exact-match table in RGB order; a colour outside
-the table becomes ignore (255), is counted and reported per file (the toolkit silently makes it
-clutter), or raises with ``strict=True``. mIoU is over all 8 classes, clutter included, as in the
-official ``evaluate.py`` and GeoSeg.
-
-Protocols: ``official`` (train = uavid_train, val = uavid_val) and ``trainval`` (train = uavid_train
-+ uavid_val, no val split: what GeoSeg trains on for the server). Test labels are private: test frames
-are cut into image patches with their origins, ``predict`` runs over them, and
-``rsseg.data.submission_uavid.UAVidSubmissionWriter`` stitches the patches back into full frames and
-writes the server's ``seqN/Labels/<frame>.png`` colour PNGs. ``setup("test")`` refuses.
-
-Tiling (``tiling.split_grid``): no pixel is lost (GeoSeg crops the top 112 rows away). Train and test
-windows step by ``stride`` with the last row and column aligned to the frame edge, so a 2160-px frame
-with 1024-px patches gives three rows without padding; val is cut without overlap (the last row and
-column padded: images 0, masks ignore), so each val pixel is counted once in the metrics.
-"""
 
 from __future__ import annotations
 
@@ -52,19 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
 import numpy as np
-import torch
-from torch.utils.data.distributed import DistributedSampler
 
-from rsseg.data.base import PatchDataModule, PreparedPatchDataset, normalise, seeded_compose
-from rsseg.data.errors import DataError, DataWarning
-from rsseg.data.io import read_image
-from rsseg.data.palette import decode_colours, pack_rgb
-from rsseg.data.prepare import SplitProtocol, count_pixels, file_fingerprint, map_jobs, prepare_once
-from rsseg.data.protocols import lookup_protocol
-from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
-from rsseg.data.tiling import (
+from rsseg.data.core.errors import DataError, DataWarning
+from rsseg.data.core.io import read_image
+from rsseg.data.core.prepare import SplitProtocol, count_pixels, file_fingerprint, map_jobs, prepare_once
+from rsseg.data.core.spec import IGNORE_INDEX
+from rsseg.data.core.tiling import (
     check_patch_fits,
     check_prepare_window,
     patched_bytes,
@@ -72,150 +29,24 @@ from rsseg.data.tiling import (
     split_grid,
     write_patches,
 )
-from rsseg.data.walk import check_not_broken, walk_source
+from rsseg.data.core.walk import check_not_broken, walk_source
+from rsseg.data.datasets.uavid.labels import (
+    DATASET,
+    DEFAULT_PROTOCOL,
+    NUM_CLASSES,
+    OFFICIAL_SEQUENCES,
+    RELEASE_FOLDERS,
+    UNLABELLED_SPLITS,
+    decode_uavid_label,
+    get_protocol,
+    uavid_spec,
+    unknown_colours,
+)
 
 logger = logging.getLogger(__name__)
 
-DATASET = "uavid"
-
-UAVID_CLASSES = (
-    "background_clutter",
-    "building",
-    "road",
-    "static_car",
-    "tree",
-    "low_vegetation",
-    "human",
-    "moving_car",
-)
-UAVID_PALETTE = (
-    (0, 0, 0),  # 0 background clutter
-    (128, 0, 0),  # 1 building
-    (128, 64, 128),  # 2 road
-    (192, 0, 192),  # 3 static car
-    (0, 128, 0),  # 4 tree
-    (128, 128, 0),  # 5 low vegetation
-    (64, 64, 0),  # 6 human
-    (64, 0, 128),  # 7 moving car
-)
-CLUTTER, BUILDING, ROAD, STATIC_CAR, TREE, LOW_VEGETATION, HUMAN, MOVING_CAR = range(8)
-NUM_CLASSES = len(UAVID_CLASSES)
-# ours (official trainId) -> GeoSeg/UNetFormer index; and the SegEarth-OV merge of moving into static car
-OFFICIAL_TO_GEOSEG = (7, 0, 1, 5, 2, 3, 6, 4)
-SEGEARTH_OV_MERGE = (0, 1, 2, 3, 4, 5, 6, 3)
-PREVIEW_IGNORE_RGB = (255, 255, 255)  # how ignore looks in previews (GeoSeg pads masks with white)
-
-# Release folders and the sequences the official release puts in each (frames 000000, 000100 … 000900).
-RELEASE_FOLDERS = ("uavid_train", "uavid_val", "uavid_test")
-LABELLED_FOLDERS = ("uavid_train", "uavid_val")
-OFFICIAL_SEQUENCES = {
-    "uavid_train": tuple(f"seq{n}" for n in (*range(1, 16), *range(31, 36))),
-    "uavid_val": tuple(f"seq{n}" for n in (*range(16, 21), 36, 37)),
-    "uavid_test": tuple(f"seq{n}" for n in (*range(21, 31), *range(38, 43))),
-}
-OFFICIAL_FRAME_SIZES = ((2160, 3840), (2160, 4096))
-
-PROTOCOLS = {
-    "official": SplitProtocol(
-        name="official",
-        splits={"train": ("uavid_train",), "val": ("uavid_val",), "test": ("uavid_test",)},
-        description="UAVid release splits: train uavid_train (20 seqs), val uavid_val (7), test uavid_test "
-        "(15, labels private: predict + server)",
-    ),
-    "trainval": SplitProtocol(
-        name="trainval",
-        splits={"train": ("uavid_train", "uavid_val"), "test": ("uavid_test",)},
-        description="GeoSeg server protocol: train on uavid_train + uavid_val (27 seqs), no val split, "
-        "test uavid_test (labels private: predict + server)",
-    ),
-}
-DEFAULT_PROTOCOL = "official"
-UNLABELLED_SPLITS = ("test",)
 IMAGE_FILL = 0
-RAW_PATTERN = "uavid_*"
 _SEQUENCE = re.compile(r"^seq(\d+)$", re.IGNORECASE)
-_TEST_REFUSAL = (
-    "UAVid test labels are not public: scores on uavid_test come from the benchmark server "
-    "(https://codalab.lisn.upsaclay.fr/competitions/7302). Evaluate on val with `validate`, or run "
-    "`predict` with rsseg.data.submission_uavid.UAVidSubmissionWriter to write the submission."
-)
-
-
-def get_protocol(protocol: str) -> SplitProtocol:
-    """The split protocol called ``protocol``; an UnknownProtocolError (a DataError) lists the known ones."""
-    return lookup_protocol(PROTOCOLS, protocol, "UAVid")
-
-
-def uavid_spec(protocol: str = DEFAULT_PROTOCOL) -> DatasetSpec:
-    """Label and metric convention of UAVid: 8 classes in toolkit order, mean over all of them."""
-    get_protocol(protocol)
-    return DatasetSpec(
-        name=DATASET,
-        classes=UAVID_CLASSES,
-        palette=UAVID_PALETTE,
-        protocol=protocol,
-        ignore_index=IGNORE_INDEX,
-        exclude_from_mean=(),
-        eroded_test_labels=False,
-        notes={
-            "labels": "official UAVidToolKit trainId order (clutter 0 … moving car 7); "
-            "GeoSeg order differs, see rsseg.data.uavid.OFFICIAL_TO_GEOSEG",
-            "splits": PROTOCOLS[protocol].description,
-            "metrics": "mIoU over all 8 classes, clutter included (official evaluate.py, GeoSeg)",
-            "test_labels": "private: evaluate val locally, submit test predictions to the server",
-        },
-    )
-
-
-UAVID_SPEC = uavid_spec()
-
-
-# --------------------------------------------------------------------------------------------------
-# Colours
-
-
-_PALETTE_CODES = pack_rgb(UAVID_PALETTE)
-
-
-def decode_uavid_label(rgb: np.ndarray, ignore_index: int = IGNORE_INDEX) -> tuple[np.ndarray, int]:
-    """Map an H×W×3 RGB colour label to class indices: ``(mask uint8, number of unknown pixels)``.
-
-    Unknown colours become ``ignore_index``, never a class.
-    """
-    mask, known, _ = decode_colours(rgb, UAVID_PALETTE, ignore_index)
-    n_unknown = int(np.count_nonzero(~known))
-    return mask, n_unknown
-
-
-def unknown_colours(rgb: np.ndarray, top: int = 3) -> list[tuple[tuple[int, int, int], int]]:
-    """The most frequent colours outside the UAVid table, with their pixel counts (for messages)."""
-    codes = pack_rgb(rgb[..., :3]).ravel()
-    codes = codes[~np.isin(codes, _PALETTE_CODES)]
-    values, counts = np.unique(codes, return_counts=True)
-    order = np.argsort(-counts, kind="stable")[:top]
-    return [
-        ((int(v >> 16), int((v >> 8) & 255), int(v & 255)), int(c))
-        for v, c in zip(values[order], counts[order], strict=True)
-    ]
-
-
-def encode_uavid_label(mask: np.ndarray, ignore_rgb: tuple[int, int, int] | None = None) -> np.ndarray:
-    """Class indices 0–7 back to the official RGB colours (H×W×3 uint8).
-
-    Any other value raises ValueError, unless ``ignore_rgb`` is given: then ``IGNORE_INDEX`` is drawn in
-    that colour (previews only; a submission must not contain ignore).
-    """
-    mask = np.asarray(mask)
-    allowed = NUM_CLASSES if ignore_rgb is None else 256
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[:NUM_CLASSES] = UAVID_PALETTE
-    if ignore_rgb is not None:
-        lut[IGNORE_INDEX] = ignore_rgb
-    bad = (mask < 0) | (mask >= allowed) | ((mask >= NUM_CLASSES) & (mask != IGNORE_INDEX))
-    if bad.any():
-        values = np.unique(mask[bad])[:5].tolist()
-        raise ValueError(f"UAVid label values must be class indices 0–{NUM_CLASSES - 1}, found {values}")
-    return lut[mask.astype(np.uint8)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -624,153 +455,3 @@ def _summarise(results: list[dict[str, Any]], src: Path, protocol: SplitProtocol
         "frames": frames,
         "patches": patches,
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# Datasets, sampler and datamodule
-
-
-def uavid_train_transform(crop_size: int | None, augment: bool = True, ignore_index: int = IGNORE_INDEX):
-    """Random crop (images padded with 0, masks with ignore), then a horizontal flip if ``augment``.
-
-    UAVid views are oblique: the far, small-scale part of the scene is at the top, so vertical flips
-    and 90° rotations (the nadir default in ``base.train_transform``) would show impossible views.
-    """
-    steps: list[Any] = []
-    if crop_size is not None:
-        steps.append(A.RandomCrop(crop_size, crop_size, pad_if_needed=True, fill=0, fill_mask=ignore_index))
-    if augment:
-        steps.append(A.HorizontalFlip(p=0.5))
-    return seeded_compose(steps) if steps else None
-
-
-_META_KEYS = ("id", "tile", "seq", "frame", "y", "x", "height", "width", "tile_height", "tile_width")
-
-
-class UAVidDataset(PreparedPatchDataset):
-    """One labelled split of a prepared UAVid root; ``meta`` adds ``seq``, ``frame`` and
-    ``frame_patches`` (patches of that frame in the split), which the submission writer stitches by."""
-
-    dataset_name = DATASET
-    display_name = "UAVid"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.frame_patches = Counter(patch["tile"] for patch in self.patches)
-
-    def frame_meta(self, index: int) -> dict[str, Any]:
-        entry = self.patches[index]
-        return {**{key: entry[key] for key in _META_KEYS}, "frame_patches": self.frame_patches[entry["tile"]]}
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = super().__getitem__(index)
-        sample["meta"] = self.frame_meta(index)
-        return sample
-
-
-class UAVidUnlabelledDataset(UAVidDataset):
-    """The test split: image patches only (labels are private), ``{"image", "meta"}`` per sample."""
-
-    def mask_path(self, index: int) -> Path:
-        raise DataError(f"{self.root}: the UAVid {self.split} split has no labels")
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        path = self.image_path(index)
-        image = self.read_patch(path, index)
-        if image.ndim != 3:
-            raise self.damaged(index, f"{path}: expected a multi-band image, got shape {image.shape}")
-        return {"image": normalise(image, self.mean, self.std), "meta": self.frame_meta(index)}
-
-
-class FrameShardSampler(DistributedSampler):
-    """Shards an evaluation set by whole frames: rank r gets every patch of frames r, r+N, …
-
-    Every sample is seen exactly once (no padding duplicates), and each rank can stitch and write its
-    frames without talking to the others.
-    """
-
-    def __init__(self, dataset: UAVidDataset, num_replicas: int, rank: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
-        frames = list(dict.fromkeys(patch["tile"] for patch in dataset.patches))
-        mine = set(frames[rank::num_replicas])
-        self.indices = [i for i, patch in enumerate(dataset.patches) if patch["tile"] in mine]
-        self.num_samples = len(self.indices)
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-class UAVidDataModule(PatchDataModule):
-    """UAVid patches for fit/validate/predict; prepare the root first with ``prepare_uavid``.
-
-    ``crop_size`` random-crops training patches (None keeps whole patches); evaluation uses whole
-    patches. ``predict_split`` is ``"test"`` (the submission) or ``"val"`` (to check a submission
-    locally with the toolkit's evaluate.py). ``setup("test")`` raises: test labels are private.
-    """
-
-    dataset_class = UAVidDataset
-    default_protocol = DEFAULT_PROTOCOL
-    raw_pattern = RAW_PATTERN
-
-    def __init__(self, root: str, predict_split: str = "test", **kwargs: Any) -> None:
-        """``predict_split``: "test" (the submission) or "val"; other arguments: ``PatchDataModule``."""
-        if predict_split not in ("test", "val"):
-            raise ValueError(f"predict_split must be 'test' or 'val', got {predict_split!r}")
-        super().__init__(root, predict_split=predict_split, **kwargs)
-
-    def make_spec(self, protocol: str, manifest: dict[str, Any] | None = None) -> DatasetSpec:
-        return uavid_spec(protocol)
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage == "test":
-            raise DataError(f"{self.root}: {_TEST_REFUSAL}")
-        splits = self.load_manifest()["patches"]
-        if stage in ("fit", None):
-            transform = uavid_train_transform(self.crop_size, self.augment, self.spec.ignore_index)
-            self.train_dataset = self._dataset("train", transform)
-        if stage in ("fit", "validate", None):
-            if "val" in splits:
-                self.val_dataset = self._dataset("val")
-            elif stage == "validate":
-                raise DataError(
-                    f"{self.root}: protocol {self.protocol!r} has no val split (val frames are trained on); "
-                    "prepare with protocol 'official' to validate"
-                )
-        if stage in ("predict", None):
-            if self.predict_split in splits:
-                self.predict_dataset = self._predict_dataset()
-            elif stage == "predict":
-                raise DataError(
-                    f"{self.root}: no {self.predict_split!r} split was prepared"
-                    + (" (uavid_test was not found under --src)" if self.predict_split == "test" else "")
-                )
-
-    def _predict_dataset(self) -> UAVidDataset:
-        manifest = self.load_manifest()
-        cls = UAVidUnlabelledDataset if self.predict_split in UNLABELLED_SPLITS else UAVidDataset
-        return cls(self.root, self.predict_split, manifest=manifest)
-
-    def test_dataloader(self):
-        raise DataError(f"{self.root}: {_TEST_REFUSAL}")
-
-    def _unpadded_sampler(self, dataset: PreparedPatchDataset) -> torch.utils.data.Sampler | None:
-        """Under DDP, whole frames per rank, so predictions can be stitched and written rank-locally."""
-        kwargs = getattr(self.trainer, "distributed_sampler_kwargs", None) if self.trainer else None
-        if not kwargs or kwargs.get("num_replicas", 1) <= 1:
-            return None
-        return FrameShardSampler(dataset, num_replicas=kwargs["num_replicas"], rank=kwargs["rank"])
-
-    def _log_splits(self, manifest: dict[str, Any]) -> None:
-        for split, info in manifest["splits"].items():
-            logger.info(
-                "uavid (%s protocol) %s: %d sequences, %d frames, %d patches, %s",
-                self.protocol,
-                split,
-                info["num_sequences"],
-                info["num_frames"],
-                info["num_patches"],
-                "labelled" if info["labelled"] else "no labels (predict only)",
-            )

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from rsseg.data.errors import DataError
+from rsseg.data.core.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ Protocols:
 
 There is no ``test`` stage: Test labels are private, so ``setup("test")`` raises a DataError that
 points at ``validate`` (Val scores) and ``predict`` with
-:class:`rsseg.data.submission.LoveDASubmissionWriter` (the Codalab zip). Test samples carry no
+:class:`rsseg.data.LoveDASubmissionWriter` (the Codalab zip). Test samples carry no
 ``mask`` key at all, rather than a fake all-ignore mask that would produce meaningless metrics.
 """
 
@@ -42,10 +42,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD, PatchDataModule, normalise, train_transform
-from rsseg.data.errors import DataError, DataWarning
-from rsseg.data.io import read_image
-from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
+from rsseg.data.core.datamodule import BaseDataModule
+from rsseg.data.core.errors import DataError, DataWarning
+from rsseg.data.core.io import read_image
+from rsseg.data.core.spec import IGNORE_INDEX, DatasetSpec
+from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise, train_transform
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ DEFAULT_PROTOCOL = "standard"
 TEST_LABELS_ARE_PRIVATE = (
     "LoveDA Test labels are private (scored only by the Codalab server), so there is no `test` stage; "
     "use `validate` for scores on Val, and `predict` with the LoveDASubmissionWriter callback "
-    "(rsseg.data.submission) to write the submission zip for the server"
+    "(rsseg.data.LoveDASubmissionWriter) to write the submission zip for the server"
 )
 DOWNLOAD_HINT = "download Train.zip, Val.zip and Test.zip from Zenodo record 5706578 and extract them there"
 
@@ -379,38 +380,38 @@ class LoveDADataset(FilePairDataset):
 # Datamodule
 
 
-class LoveDADataModule(PatchDataModule):
+class LoveDADataModule(BaseDataModule):
     """LoveDA for fit/validate/predict, read from the official extracted archives (no preparation).
 
     ``crop_size`` random-crops training images (None keeps the whole 1024² images); validation and
     prediction use whole images. ``scenes`` selects Urban and/or Rural. ``protocol`` is "standard"
     (Train / Val / Test) or "trainval" (fit on Train + Val, no validation). ``setup("test")`` is a
     DataError because Test labels are private; ``predict`` runs over the Test images (samples without
-    ``mask``), for :class:`rsseg.data.submission.LoveDASubmissionWriter`, or over ``predict_split``
+    ``mask``), for :class:`rsseg.data.LoveDASubmissionWriter`, or over ``predict_split``
     ("train", "val" or "trainval", whole images without augmentation).
 
-    The loaders (and their DDP sharding without duplicates) come from ``PatchDataModule``; the
-    prepared-root manifest machinery there is not used.
+    The loaders (and their DDP sharding without duplicates) come from ``BaseDataModule``.
     """
-
-    dataset_class = LoveDADataset  # type: ignore[assignment]
 
     default_protocol = DEFAULT_PROTOCOL
 
     def __init__(self, root: str, scenes: tuple[str, ...] = SCENES, strict: bool = True, **kwargs: Any) -> None:
-        """``scenes``: Urban and/or Rural; ``strict``: mask values > 7 are errors; others: ``PatchDataModule``."""
+        """``scenes``: Urban and/or Rural; ``strict``: mask values > 7 are errors; others: ``BaseDataModule``."""
         self.scenes = normalise_scenes(scenes)
         super().__init__(root, **kwargs)
         self.strict = strict
 
-    def make_spec(self, protocol: str, manifest: dict[str, Any] | None = None) -> DatasetSpec:
+    def make_spec(self, protocol: str) -> DatasetSpec:
         return loveda_spec(protocol)
 
     @property
     def has_val(self) -> bool:
         return self.protocol == "standard"
 
-    def _dataset(self, split: str, transform: A.Compose | None = None) -> LoveDADataset:  # type: ignore[override]
+    def has_val_split(self) -> bool:
+        return self.has_val  # trainval: Lightning skips validation
+
+    def _dataset(self, split: str, transform: A.Compose | None = None) -> LoveDADataset:
         dataset = LoveDADataset(self.root, split, self.scenes, transform=transform, strict=self.strict)
         self._log_counts(dataset)
         return dataset
@@ -433,11 +434,6 @@ class LoveDADataModule(PatchDataModule):
                 )
         if stage in ("predict", None):
             self.predict_dataset = self._dataset(self.checked_predict_split([*SPLIT_FOLDERS, *MERGED_SPLITS]))
-
-    def val_dataloader(self) -> DataLoader | list:
-        if not self.has_val:
-            return []  # trainval: Lightning skips validation
-        return self._loader(self._require("val_dataset", "validate"), self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
         raise DataError(f"{self.root}: {TEST_LABELS_ARE_PRIVATE}")

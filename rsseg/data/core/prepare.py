@@ -36,7 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rsseg
-from rsseg.data.errors import DataError
+from rsseg.data.core.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypeVar
 
-from rsseg.data.errors import DataError
+from rsseg.data.core.errors import DataError
 
 P = TypeVar("P")
 

@@ -1,33 +1,30 @@
-"""What every pre-tiled dataset shares: the patch dataset over a prepared root and its datamodule.
+"""Prepared roots: a dataset cut into patches by ``rsseg prepare``, its patch datasets and its datamodule.
 
 A prepared root (see ``prepare.py``) holds ``<split>/images/<id>.png`` (RGB uint8),
 ``<split>/masks/<id>.png`` (class indices, 255 = ignore) and a ``manifest.json`` listing each split's
-patches with their origin in the source tile. Samples stay uint8 through the albumentations transforms
-and are normalised last, so augmentation is cheap and masks are never interpolated.
+patches with their origin in the source tile, the protocol and the preparation parameters. Potsdam,
+Vaihingen and UAVid are read this way; the loaders themselves are ``datamodule.BaseDataModule``'s.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import albumentations as A
-import lightning
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rsseg.data.errors import DataError
-from rsseg.data.io import RAW_FILE_FIX, read_image
-from rsseg.data.prepare import MANIFEST_FORMAT, MANIFEST_NAME, read_manifest
-from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
+from rsseg.data.core.datamodule import BaseDataModule
+from rsseg.data.core.errors import DataError
+from rsseg.data.core.io import RAW_FILE_FIX, read_image
+from rsseg.data.core.prepare import MANIFEST_FORMAT, MANIFEST_NAME, read_manifest
+from rsseg.data.core.spec import IGNORE_INDEX, DatasetSpec
+from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise, train_transform
 
 logger = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def open_prepared_root(
@@ -62,47 +59,6 @@ def rebuild_command(root: Path, manifest: dict[str, Any], dataset: str = "") -> 
     source = manifest.get("source_root")
     source = source if isinstance(source, str) and source else "<your raw folder>"
     return f"rsseg prepare {manifest.get('dataset') or dataset} --src {source} --dst {root} --force"
-
-
-def normalise(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 H×W×C → float32 C×H×W, scaled to 0–1 then standardised per band."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return tensor.sub_(mean_t).div_(std_t)
-
-
-def train_transform(
-    crop_size: int | None, augment: bool = True, ignore_index: int = IGNORE_INDEX
-) -> A.Compose | None:
-    """Random crop (padding images with 0 and masks with ignore), then flips and rot90 if ``augment``."""
-    steps: list[Any] = []
-    if crop_size is not None:
-        steps.append(A.RandomCrop(crop_size, crop_size, pad_if_needed=True, fill=0, fill_mask=ignore_index))
-    if augment:
-        steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
-    return seeded_compose(steps) if steps else None
-
-
-def seeded_compose(steps: list[Any]) -> A.Compose:
-    """``A.Compose(steps)`` seeded from torch's generator, so ``seed_everything`` makes augmentation
-    reproducible (albumentations otherwise seeds its own generator from the OS)."""
-    return A.Compose(steps, seed=int(torch.randint(2**31 - 1, ()).item()))
-
-
-def seed_augmentation(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: reseed the dataset's albumentations transform per worker.
-
-    The transform's generator is copied into every forked worker, so without this all workers would draw
-    the same crops and flips. The seed is torch's worker seed: distinct per worker and epoch, reproducible
-    under ``seed_everything``. Wrapping datasets (``.dataset``) are searched too.
-    """
-    dataset = torch.utils.data.get_worker_info().dataset
-    while dataset is not None:
-        transform = getattr(dataset, "transform", None)
-        if hasattr(transform, "set_random_seed"):
-            transform.set_random_seed(torch.initial_seed() % 2**32)
-        dataset = getattr(dataset, "dataset", None)
 
 
 class PreparedPatchDataset(Dataset):
@@ -232,8 +188,12 @@ class StitchedTileDataset(Dataset):
         }
 
 
-class PatchDataModule(lightning.LightningDataModule):
+class PreparedRootDataModule(BaseDataModule):
     """Datamodule over a prepared root: splits come from its manifest, tiling was done by ``prepare``.
+
+    The manifest must be of this dataset and prepared under the requested ``protocol`` (else a
+    DataError that says how to prepare or what to request); a protocol without a val split (e.g.
+    Potsdam "official") gets no val dataloader during fit, and ``validate`` raises a DataError.
 
     ``eval_whole_tiles=True`` evaluates and predicts whole source tiles (uint8, batch 1, stitched from
     the patches) instead of patches: pair it with the task's ``inference_window`` for native-resolution
@@ -241,57 +201,21 @@ class PatchDataModule(lightning.LightningDataModule):
 
     ``predict_split`` (default "test") is the split ``predict`` runs over, without the training
     transform (no crop, no augmentation), e.g. "train" to write coarse label maps of the training patches
-    with :class:`rsseg.data.coarse.CoarseMapWriter`; a split the dataset does not have is a DataError at
-    ``setup``.
+    with :class:`rsseg.data.CoarseMapWriter`; a split the dataset does not have is a DataError at
+    ``setup``. Other loader arguments: :class:`rsseg.data.core.datamodule.BaseDataModule`.
 
     Subclasses set ``dataset_class`` (which names the dataset), ``raw_pattern`` (a file name that marks
-    the raw download, for a helpful error) and ``make_spec``. A protocol without a val split (e.g.
-    Potsdam "official") gets no val dataloader during fit, and ``validate`` raises a DataError. Under
-    DDP, val/test/predict loaders shard without padding, so every sample is counted exactly once.
+    the raw download, for a helpful error) and ``make_spec``.
     """
 
     dataset_class: ClassVar[type[PreparedPatchDataset]] = PreparedPatchDataset
     raw_pattern: ClassVar[str | None] = None
-    default_protocol: ClassVar[str] = ""
 
-    def __init__(
-        self,
-        root: str,
-        batch_size: int = 8,
-        num_workers: int = 4,
-        crop_size: int | None = 512,
-        protocol: str | None = None,
-        eval_batch_size: int | None = None,
-        augment: bool = True,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        eval_whole_tiles: bool = False,
-        predict_split: str = "test",
-    ) -> None:
-        super().__init__()
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError("batch sizes must be at least 1")
-        if crop_size is not None and crop_size < 1:
-            raise ValueError(f"crop_size must be positive or None, got {crop_size}")
-        self.root = Path(root)
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.crop_size = crop_size
-        self.protocol = protocol or self.default_protocol
-        self.augment = augment
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers
+    def __init__(self, root: str, eval_whole_tiles: bool = False, **kwargs: Any) -> None:
+        """``eval_whole_tiles``: evaluate stitched whole tiles; other arguments: ``BaseDataModule``."""
+        super().__init__(root, **kwargs)
         self.eval_whole_tiles = eval_whole_tiles
-        self.predict_split = predict_split
-        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD  # what the task needs to normalise uint8 tiles
-        self.spec: DatasetSpec = self.make_spec(self.protocol)
-        self.num_classes: int = self.spec.num_classes
         self.manifest: dict[str, Any] | None = None
-        self.train_dataset: PreparedPatchDataset | None = None
-        self.val_dataset: PreparedPatchDataset | None = None
-        self.test_dataset: PreparedPatchDataset | None = None
-        self.predict_dataset: PreparedPatchDataset | None = None
 
     def make_spec(self, protocol: str, manifest: dict[str, Any] | None = None) -> DatasetSpec:
         """The dataset's label and metric convention; ``manifest`` refines it after setup."""
@@ -300,6 +224,9 @@ class PatchDataModule(lightning.LightningDataModule):
     @property
     def dataset_name(self) -> str:
         return self.dataset_class.dataset_name
+
+    def has_val_split(self) -> bool:
+        return "val" in self.load_manifest()["patches"]
 
     def load_manifest(self) -> dict[str, Any]:
         if self.manifest is None:
@@ -339,16 +266,6 @@ class PatchDataModule(lightning.LightningDataModule):
         if stage in ("predict", None):
             self.predict_dataset = self._dataset(self.checked_predict_split(splits))
 
-    def checked_predict_split(self, splits: Iterable[str]) -> str:
-        """``predict_split`` if it is one of ``splits``, else a DataError naming the root and the splits."""
-        splits = list(splits)
-        if self.predict_split not in splits:
-            raise DataError(
-                f"{self.root}: predict_split {self.predict_split!r} is not a split of this "
-                f"{self.spec.name} dataset (it has {', '.join(splits)})"
-            )
-        return self.predict_split
-
     def _log_splits(self, manifest: dict[str, Any]) -> None:
         for split, info in manifest["splits"].items():
             logger.info(
@@ -372,53 +289,10 @@ class PatchDataModule(lightning.LightningDataModule):
                     ", ".join(info["missing_tiles"]),
                 )
 
-    def _loader(self, dataset: PreparedPatchDataset, batch_size: int, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         if not train and self.eval_whole_tiles:
             if not isinstance(dataset, PreparedPatchDataset):
                 raise ValueError(f"{type(self).__name__} already evaluates whole images; eval_whole_tiles is for "
                                  "datasets cut into patches by `rsseg prepare`")
             dataset, batch_size = StitchedTileDataset(dataset), 1  # tiles differ in size
-        sampler = None if train else self._unpadded_sampler(dataset)
-        workers = self.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            sampler=sampler,
-            drop_last=train and len(dataset) > batch_size,
-            num_workers=workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and workers > 0,
-            worker_init_fn=seed_augmentation if workers > 0 else None,
-        )
-
-    def _unpadded_sampler(self, dataset: PreparedPatchDataset) -> torch.utils.data.Sampler | None:
-        """Lightning's DistributedSampler pads eval sets with duplicates; shard without repeats instead."""
-        kwargs = getattr(self.trainer, "distributed_sampler_kwargs", None) if self.trainer else None
-        if not kwargs or kwargs.get("num_replicas", 1) <= 1:
-            return None
-        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-        return UnrepeatedDistributedSampler(
-            dataset, num_replicas=kwargs["num_replicas"], rank=kwargs["rank"], shuffle=False
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self._require("train_dataset", "fit"), self.batch_size, train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_dataset is None and "val" not in self.load_manifest()["patches"]:
-            return []  # the protocol has no val split: Lightning skips validation
-        return self._loader(self._require("val_dataset", "validate"), self.eval_batch_size, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self._require("test_dataset", "test"), self.eval_batch_size, train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._require("predict_dataset", "predict"), self.eval_batch_size, train=False)
-
-    def _require(self, attribute: str, stage: str) -> PreparedPatchDataset:
-        dataset = getattr(self, attribute)
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}.setup({stage!r}) must run before its dataloader")
-        return dataset
+        return super()._loader(dataset, batch_size, train)

@@ -1,4 +1,4 @@
-"""Preparation and prepared-root loading shared by the ISPRS datasets (Potsdam, Vaihingen).
+"""Preparation shared by the ISPRS datasets (Potsdam, Vaihingen): raw tiles into a prepared root.
 
 Both datasets ship large image tiles plus RGB colour labels (full and eroded ``noBoundary``), split by
 tile id. A dataset module describes its file names in an :class:`IsprsLayout` and classifies the files
@@ -21,17 +21,15 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-from rsseg.data.base import PatchDataModule, PreparedPatchDataset, open_prepared_root
-from rsseg.data.errors import DataError, DataWarning
-from rsseg.data.io import read_image
-from rsseg.data.isprs import BANDS, ISPRS_CLASSES, band_statistics, check_bands, decode_isprs_label
-from rsseg.data.prepare import SplitProtocol, count_pixels, file_fingerprint, map_jobs, prepare_once
-from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
-from rsseg.data.tiling import (
+from rsseg.data.core.errors import DataError, DataWarning
+from rsseg.data.core.io import read_image
+from rsseg.data.core.prepare import SplitProtocol, count_pixels, file_fingerprint, map_jobs, prepare_once
+from rsseg.data.core.spec import IGNORE_INDEX, DatasetSpec
+from rsseg.data.core.tiling import (
     check_patch_fits,
     check_prepare_window,
     patched_bytes,
@@ -39,7 +37,8 @@ from rsseg.data.tiling import (
     split_grid,
     write_patches,
 )
-from rsseg.data.walk import check_not_broken, walk_source
+from rsseg.data.core.walk import check_not_broken, walk_source
+from rsseg.data.datasets.isprs.labels import BANDS, ISPRS_CLASSES, decode_isprs_label
 
 logger = logging.getLogger(__name__)
 
@@ -532,53 +531,3 @@ def summarise(
         "tiles": tiles,
         "patches": patches,
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# Dataset and datamodule over a prepared ISPRS root
-
-
-class IsprsPatchDataset(PreparedPatchDataset):
-    """A split of a prepared ISPRS root, normalised per band as its manifest's ``bands`` says."""
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        transform: Any = None,
-        mean: tuple[float, ...] | None = None,
-        std: tuple[float, ...] | None = None,
-        manifest: dict[str, Any] | None = None,
-    ) -> None:
-        manifest = manifest or open_prepared_root(root, self.dataset_name, self.display_name)
-        band_mean, band_std = band_statistics(manifest["parameters"].get("bands", "RGB"))
-        super().__init__(root, split, transform, mean or band_mean, std or band_std, manifest)
-
-
-class IsprsDataModule(PatchDataModule):
-    """A prepared ISPRS root for fit/validate/test/predict, with the image bands it was prepared with.
-
-    ``in_channels`` (3 or 4), ``mean`` and ``std`` follow ``bands`` and are known right after
-    ``__init__`` (so a CLI can link ``data.in_channels`` to the model); ``setup`` checks that the root
-    was prepared with the same bands, as it checks the protocol.
-    """
-
-    allowed_bands: ClassVar[tuple[str, ...]] = tuple(BANDS)
-    default_bands: ClassVar[str] = "RGB"
-
-    def __init__(self, root: str, bands: str | None = None, **kwargs: Any) -> None:
-        """``bands`` (default: the dataset's) must match the prepared root; other arguments: ``PatchDataModule``."""
-        self.bands = check_bands(bands or self.default_bands, self.allowed_bands)
-        super().__init__(root, **kwargs)
-        self.in_channels: int = len(BANDS[self.bands])
-        self.mean, self.std = band_statistics(self.bands)
-
-    def load_manifest(self) -> dict[str, Any]:
-        manifest = super().load_manifest()
-        prepared = manifest["parameters"].get("bands")
-        if prepared != self.bands:
-            raise DataError(
-                f"{self.root}: prepared with bands {prepared!r} but bands {self.bands!r} were requested; "
-                f"prepare another root with --bands {self.bands} or request bands={prepared!r}"
-            )
-        return manifest

@@ -54,11 +54,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from rsseg.data.base import IMAGENET_MEAN, IMAGENET_STD, PatchDataModule, normalise, seeded_compose
-from rsseg.data.chn6cug import binarise_mask
-from rsseg.data.errors import DataError
-from rsseg.data.io import read_image
-from rsseg.data.spec import IGNORE_INDEX, DatasetSpec
+from rsseg.data.core.datamodule import BaseDataModule
+from rsseg.data.core.errors import DataError
+from rsseg.data.core.io import read_image
+from rsseg.data.core.spec import IGNORE_INDEX, DatasetSpec
+from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise, seeded_compose
+from rsseg.data.datasets.chn6cug import binarise_mask
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +340,7 @@ def check_root(root: Path) -> None:
             raise DataError(f"{root / sub}: folder not found{hint}")
 
 
-class RefSegRSDataModule(PatchDataModule):
+class RefSegRSDataModule(BaseDataModule):
     """RefSegRS for fit/validate/test/predict, read straight from the official layout (no preparation).
 
     Training draws one sentence per object per epoch; val/test/predict score every expression.
@@ -361,7 +362,7 @@ class RefSegRSDataModule(PatchDataModule):
         augment: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Tokenizer, sentence length and resolution options; loader arguments: ``PatchDataModule``."""
+        """Tokenizer, sentence length and resolution options; loader arguments: ``BaseDataModule``."""
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be positive or None, got {image_size}")
         super().__init__(root, crop_size=None, augment=augment, **kwargs)
@@ -370,8 +371,11 @@ class RefSegRSDataModule(PatchDataModule):
         self.image_size = image_size
         self.native_masks = native_masks
 
-    def make_spec(self, protocol: str, manifest: dict[str, Any] | None = None) -> DatasetSpec:
+    def make_spec(self, protocol: str) -> DatasetSpec:
         return refsegrs_spec(protocol)
+
+    def has_val_split(self) -> bool:
+        return True
 
     def _split_dataset(self, split: str, train: bool = False) -> RefSegRSDataset:
         """``train``: one random sentence per object and the jitter; else every expression, as evaluated."""
@@ -402,6 +406,3 @@ class RefSegRSDataModule(PatchDataModule):
             split = self.checked_predict_split(SPLITS)
             reuse = split == "test" and self.test_dataset is not None
             self.predict_dataset = self.test_dataset if reuse else self._split_dataset(split)
-
-    def val_dataloader(self):
-        return self._loader(self._require("val_dataset", "validate"), self.eval_batch_size, train=False)

@@ -12,7 +12,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from rsseg.data.errors import DataError
+from rsseg.data.core.errors import DataError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")

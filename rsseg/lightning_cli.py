@@ -1,0 +1,146 @@
+"""The LightningCLI of ``rsseg fit/validate/test/predict``, built from config arguments.
+
+One place builds a Lightning run from arguments, for the command line (:mod:`rsseg.cli`) and the benchmark
+runner (:mod:`rsseg.bench.runs`) alike. Over Lightning's CLI it adds: W&B as the default logger, configuration
+errors raised instead of printed with the whole usage, ``num_classes`` taken from the datamodule, and
+checkpoints read safely with the user's explicit settings kept (:mod:`rsseg.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+from lightning import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+import rsseg.data  # noqa: F401  (short class names in configs)
+import rsseg.tasks  # noqa: F401
+from rsseg.checkpoints import CheckpointError, names_a_file, read_checkpoint, reconcile_hparams
+from rsseg.errors import original_message
+from rsseg.legacy import convert_legacy_hparams
+from rsseg.tracking import RecordedConfig, WandbEvaluationLogger, default_logger
+
+logger = logging.getLogger(__name__)
+
+
+class RssegCLI(LightningCLI):
+    """Lightning's CLI with rsseg's defaults and checks (module docstring)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def parse_arguments(self, parser, args) -> None:
+        self._args = args
+        self._ckpt_report = None
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """A ``--ckpt_path`` checkpoint's hyper-parameters fill in what the user did not set; see
+        :mod:`rsseg.checkpoints` (Lightning's own version lets them replace explicit settings)."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        if config.get("weights_only") is False:
+            raise CheckpointError("--weights_only false would unpickle the checkpoint (a file can run code that "
+                                  "way); rsseg loads checkpoints with weights_only=True")
+        config.weights_only = True  # also for remote checkpoints, where Lightning would default to False
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path or not names_a_file(ckpt_path):
+            return
+        # checkpoints of the layout before the tasks took their network as ``net`` are read in the new one
+        hparams = convert_legacy_hparams(dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {}))
+        model = config.model
+        stored_class = hparams.get("_class_path")
+        if stored_class and stored_class != model.class_path:
+            raise CheckpointError(f"{ckpt_path}: a {stored_class} checkpoint, but the configuration builds a "
+                                  f"{model.class_path}; use the config it was trained with")
+        explicit_model = self._explicit_config(subcommand).get("model") or {}
+        explicit = set((explicit_model.get("init_args") or {}).keys())
+        report = reconcile_hparams(hparams, model.init_args.as_dict(), explicit)
+        if report.from_checkpoint:
+            update = {"class_path": model.class_path, "init_args": report.from_checkpoint}
+            self.config = self.parser.parse_object({subcommand: {"model": update}}, self.config)
+        if report.overridden:
+            logger.warning("%s: trained with other settings; the configured ones are used: %s", ckpt_path,
+                           report.describe())
+        if report.unknown:
+            logger.warning("%s: stored settings that %s no longer has are ignored: %s", ckpt_path,
+                           model.class_path, ", ".join(report.unknown))
+        self._ckpt_report = (ckpt_path, report)
+
+    def _explicit_config(self, subcommand: str):
+        """The subcommand's settings the user gave (config files and flags), without defaults."""
+        return self.parser.parse_args(self._args, defaults=False)[subcommand]
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as error:
+            if self._ckpt_report is None:
+                raise
+            raise self._checkpoint_error(error, "the model could not be built") from error
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            self._check_num_classes(subcommand)
+
+    def _check_num_classes(self, subcommand: str) -> None:
+        """``num_classes`` comes from the datamodule; an explicit other value is an error, not overwritten."""
+        given = ((self._explicit_config(subcommand).get("model") or {}).get("init_args") or {}).get("num_classes")
+        actual = getattr(self.datamodule, "num_classes", None)
+        if given is not None and actual is not None and given != actual:
+            raise ValueError(f"--model.init_args.num_classes {given} contradicts the data: "
+                             f"{type(self.datamodule).__name__} has {actual} classes (num_classes comes from "
+                             "the datamodule; drop the setting)")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except RuntimeError as error:
+            if self._ckpt_report is None or "state_dict" not in str(error):
+                raise
+            raise self._checkpoint_error(error, "its weights do not fit the configured model") from error
+
+    def _checkpoint_error(self, error: Exception, what: str) -> CheckpointError:
+        """``error`` as a CheckpointError naming the checkpoint and the settings that differ from it."""
+        ckpt_path, report = self._ckpt_report
+        differences = f"; configured unlike the checkpoint: {report.describe()}" if report.overridden else ""
+        return CheckpointError(f"{ckpt_path}: {what} ({original_message(error)}){differences}")
+
+    def instantiate_trainer(self, **kwargs):
+        """W&B is the default logger (Lightning's would be TensorBoard/CSV): see :mod:`rsseg.tracking`."""
+        trainer = self._get(self.config_init, "trainer", default={})
+        if trainer.get("logger") in (None, True) and "logger" not in kwargs:
+            kwargs["logger"] = default_logger(self.model, self.datamodule, trainer.get("default_root_dir"),
+                                              self.subcommand)
+        return super().instantiate_trainer(**kwargs)
+
+
+
+def build_cli(args: Sequence[str], run: bool = True) -> RssegCLI:
+    """The LightningCLI for ``args`` (a subcommand first when ``run``); model and datamodule are chosen by
+    ``class_path``."""
+    # LightningCLI parses ``args``, never sys.argv: sys.argv stays the process's own, which Lightning's DDP
+    # launcher re-executes for the other ranks (`rsseg fit …` and `rsseg bench …` alike). In-process callers
+    # (the bench, tests) have other arguments there, which LightningCLI would warn about.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+    return RssegCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=42,
+        save_config_callback=RecordedConfig,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [WandbEvaluationLogger(stage="test"),
+                                        WandbEvaluationLogger(stage="validate")]},
+        auto_configure_optimizers=False,
+        # configuration errors raise (one line from ``main``) instead of printing the whole usage and exiting
+        parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in RssegCLI.subcommands()}},
+        args=list(args),
+        run=run,
+    )
+
+
