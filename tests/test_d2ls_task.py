@@ -144,3 +144,15 @@ def test_every_config_runs_with_its_smoke_profile(dataset, tmp_path):
     [checkpoint] = list(tmp_path.rglob("last.ckpt"))
     main([command, *args, "--ckpt_path", str(checkpoint)])
     assert DATAMODULES[dataset].__name__ in (REPO / f"experiments/d2ls/{name}.yaml").read_text()
+
+
+def test_evaluation_loss_is_ce_plus_dice_under_the_cli(tiny_potsdam, capsys):
+    """The dynamic branch's CE + Dice is D2LS's evaluation loss also from a config: the task's own default, not
+    the shared task's CE that LightningCLI would otherwise pass explicitly."""
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(REPO / "experiments/d2ls/potsdam.yaml"),
+              "--config", str(REPO / "experiments/d2ls/smoke.yaml"), "--data.init_args.root", str(tiny_potsdam),
+              "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["loss"] == "ce+dice"
+    assert D2LSTask(net={"class_path": "rsseg.models.D2LS", "init_args": {"backbone": "convnext_atto",
+                    "pretrained": False}}, num_classes=6).criterion.kind == "ce+dice"

@@ -80,11 +80,11 @@ class D2LSTask(SegmentationTask):
         lr: float = 1e-4,
         weight_decay: float = 0.01,
         scheduler: str = "cosine",
+        loss: str = "ce+dice",
         **task_kwargs: Any,
     ) -> None:
-        task_kwargs.setdefault("loss", "ce+dice")
         super().__init__(net=net, lr=lr, weight_decay=weight_decay, scheduler=scheduler,
-                         label_smoothing=label_smoothing, **task_kwargs)
+                         label_smoothing=label_smoothing, loss=loss, **task_kwargs)
         self.d2ls_loss = D2LSLoss(
             self.ignore_index, static_weight, dynamic_weight, contrastive, static_dice, label_smoothing, dice_smooth
         )
