@@ -117,8 +117,8 @@ def main() -> None:
     records.add({**common, "stage": "solve", "schedule": "fista", "batch_size": 1, "time_s": round(t_def, 4),
                  "time_s_all": [round(r[0], 4) for r in runs], "iterations": int(info.iterations[0]),
                  "energy": e_def, "gap": info.gap.item(), "relative_gap": info.relative_gap.item(),
-                 "dual_bound": info.dual.item(), "converged": bool(info.converged[0]), "tol": 1e-4,
-                 "atol_nats_per_pixel": 1e-5})
+                 "dual_bound": info.dual.item(), "converged": bool(info.converged[0]), "tol": info.tol,
+                 "atol_nats_per_pixel": info.atol})
     labels_agree = (q_def.argmax(1) == q_rel.to(q_def.dtype).argmax(1)).float().mean().item()
     records.add({**common, "stage": "comparison", "speedup": round(t_rel / t_def, 2),
                  "released_time_reported_in_issue_s": ISSUE_RELEASED_S,

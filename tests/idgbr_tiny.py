@@ -22,3 +22,19 @@ TINY_IDGBR = {"pretrained": False, "unet_config": TINY_UNET, "vae_config": TINY_
 def tiny_idgbr_net(**overrides) -> dict:
     """``IDGBRTask(net=...)``: the tiny IDGBR network in the config form (``overrides`` e.g. ``vae``)."""
     return {"class_path": "rsseg.models.IDGBR", "init_args": {**TINY_IDGBR, **overrides}}
+
+
+def tiny_stable_diffusion(monkeypatch) -> dict:
+    """Lets ``IDGBR(pretrained=True)`` build without downloading: Stable Diffusion's loader returns the tiny
+    random UNet/VAE. Returns the tiny network's other arguments (guidance size)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    import rsseg.models.idgbr as idgbr
+
+    def load(sd_model, pretrained, unet_config, vae_config):
+        unet = UNet2DConditionModel(**TINY_UNET)
+        return unet, AutoencoderKL(**TINY_VAE), torch.zeros(1, 77, unet.config.cross_attention_dim)
+
+    monkeypatch.setattr(idgbr, "_load_stable_diffusion", load)
+    return {k: v for k, v in TINY_IDGBR.items() if k not in ("pretrained", "unet_config", "vae_config")}

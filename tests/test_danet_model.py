@@ -140,6 +140,99 @@ def test_affinity_loss_by_hand():
     assert float(both) == pytest.approx(total / 2, rel=1e-6)
 
 
+def eq1_by_hand(vectors: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Eq. 1 entry by entry for N×C ``vectors``: row m is Softmax_n(f_m·f_n / (‖f_m‖‖f_n‖) / τ); 0 for a zero vector."""
+    n = vectors.shape[0]
+    out = torch.zeros(n, n, dtype=torch.float64)
+    for m in range(n):
+        logits = []
+        for k in range(n):
+            norms = torch.linalg.vector_norm(vectors[m]) * torch.linalg.vector_norm(vectors[k])
+            cosine = torch.dot(vectors[m], vectors[k]) / norms if norms > 0 else torch.tensor(0.0, dtype=torch.float64)
+            logits.append(torch.exp(cosine / temperature))
+        for k in range(n):
+            out[m, k] = logits[k] / sum(logits)
+    return out
+
+
+def eq3_by_hand(features: torch.Tensor, targets: torch.Tensor, reading: str, temperature: float) -> float:
+    """Eq. 3 per image, entry by entry, averaged over images: ‖A_F ⊙ S − S‖²_F with A_F = Eq. 1 of F̃ and
+    S the target's affinity: Self-Affinity(Â_tv) (Eq. 1 on the one-channel 0/1 map) for ``literal``, the 0/1
+    product â_m·â_n for ``rows`` (then divided by the number of target pixels) and ``sum``."""
+    total = 0.0
+    for b in range(features.shape[0]):
+        c, h, w = features.shape[1:]
+        pixels = [features[b, :, y, x].double() for y in range(h) for x in range(w)]  # row-major, as F̃
+        labels = [float(targets[b, y, x]) for y in range(h) for x in range(w)]
+        a_f = eq1_by_hand(torch.stack(pixels), temperature)
+        if reading == "literal":
+            s = eq1_by_hand(torch.tensor(labels, dtype=torch.float64)[:, None], temperature)
+        else:
+            s = torch.tensor([[lm * ln for ln in labels] for lm in labels], dtype=torch.float64)
+        norm = sum(float(a_f[m, n] * s[m, n] - s[m, n]) ** 2 for m in range(len(pixels)) for n in range(len(pixels)))
+        total += norm / max(sum(labels), 1.0) if reading == "rows" else norm
+    return total / features.shape[0]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 3.0])
+@pytest.mark.parametrize("reading", ["rows", "sum", "literal"])
+def test_eq1_and_eq3_match_a_hand_computed_case(reading, temperature):
+    torch.manual_seed(3)
+    features = torch.randn(2, 3, 2, 3)  # 2 images, C = 3, a 2×3 grid (N = 6 ≠ C)
+    targets = torch.tensor([[[True, True, False], [False, False, False]],
+                            [[False, True, False], [True, False, True]]])  # |T| = 2 and 3, not symmetric
+    pixels = features[0].flatten(1).T.double()
+    torch.testing.assert_close(self_affinity(pixels[None], temperature)[0].double(),
+                               eq1_by_hand(pixels, temperature), rtol=1e-5, atol=1e-7)
+    expected = eq3_by_hand(features, targets, reading, temperature)
+    assert float(affinity_loss(features, targets, reading, temperature)) == pytest.approx(expected, rel=1e-5)
+    loss = ReferringLoss(affinity_reading=reading, affinity_temperature=temperature, affinity_stages=(2,))
+    stage_features = [torch.zeros(2, 3, 4, 6), features, torch.zeros(2, 3, 1, 3), torch.zeros(2, 3, 1, 1)]
+    activations = [torch.zeros(2, 4, 6), targets.float(), torch.zeros(2, 1, 3), torch.zeros(2, 1, 1)]
+    from rsseg.models.danet import DANetOutput
+
+    terms = loss(DANetOutput(torch.zeros(2, 1, 4, 4), stage_features, activations), torch.zeros(2, 4, 4))
+    assert float(terms["affinity"]) == pytest.approx(expected, rel=1e-5)  # the task's switch reaches Eq. 3
+
+
+def test_the_literal_eq3_constrains_background_rows_too_and_the_default_does_not():
+    """Where the readings differ: the literal Self-Affinity(Â_tv) is a row softmax, so background rows weigh
+    1/N each and target rows spread over every column; the default's 0/1 target has no background row."""
+    torch.manual_seed(0)
+    features = torch.randn(1, 4, 3, 3, requires_grad=True)
+    targets = torch.zeros(1, 3, 3, dtype=torch.bool)
+    targets[0, 0, :2] = True
+    grads = {}
+    for reading in ("rows", "literal"):
+        features.grad = None
+        affinity_loss(features, targets, reading).backward()
+        grads[reading] = features.grad.flatten(2)[0].abs().sum(0)  # per pixel
+    background = ~targets.flatten()
+    assert grads["literal"][background].min() > 0
+    # an image without pseudo-target: nothing to align under "rows"/"sum", uniform 1/N rows under "literal"
+    empty = torch.zeros_like(targets)
+    for reading, constrained in (("rows", False), ("sum", False), ("literal", True)):
+        features.grad = None
+        loss = affinity_loss(features, empty, reading)
+        loss.backward()
+        assert (float(loss.detach()) > 0) == constrained and (features.grad.abs().sum() > 0) == constrained
+    with pytest.raises(ValueError, match="reading"):
+        affinity_loss(features, targets, "mean")
+    with pytest.raises(ValueError, match="temperature"):
+        affinity_loss(features, targets, "rows", 0.0)
+
+
+def test_the_eq3_switches_are_checked_and_the_former_name_still_loads():
+    assert ReferringLoss(affinity_reduction="sum").affinity_reading == "sum"  # configs/checkpoints before the switch
+    assert ReferringLoss(affinity_reading="literal", affinity_reduction="literal").affinity_reading == "literal"
+    with pytest.raises(ValueError, match="contradicts"):
+        ReferringLoss(affinity_reading="literal", affinity_reduction="sum")
+    with pytest.raises(ValueError, match="affinity_reading"):
+        ReferringLoss(affinity_reading="mean")
+    with pytest.raises(ValueError, match="affinity_temperature"):
+        ReferringLoss(affinity_temperature=0.0)
+
+
 def test_affinity_loss_pulls_target_pixels_together_and_away_from_background():
     torch.manual_seed(0)
     features = torch.randn(1, 8, 6, 6, requires_grad=True)
@@ -196,6 +289,37 @@ def test_agents_are_the_pixels_most_correlated_with_the_real_words():
     assert agents[0].tolist() == [4, 3]
     mask[0, 2] = True  # with the padded word counted, pixel 1 would win
     assert raam.select_agents(raam.key(keys), words, mask)[0, 0].item() == 1
+
+
+def test_one_backward_of_the_full_loss_reaches_every_parameter_of_raam_and_of_the_affinity_path():
+    """W^Q (Eq. 4-5) only chooses the agents (a top-K, Eq. 6): it needs the straight-through path to train.
+
+    The affinity path is every parameter the affinity term reaches through F_2..F_4 (the text encoder,
+    the patch embedding, every Swin stage, PWAM and gate before the last stage, the norms of F_2..F_4);
+    the last stage's language gate updates an x that nothing reads (LAVT's layout), so it is not on it.
+    """
+    torch.manual_seed(0)
+    task = tiny_task(img_size=64)
+    ids, mask = tokens(2, valid=(12, 6))
+    batch = {"image": torch.randn(2, 3, 64, 64), "input_ids": ids, "attention_mask": mask,
+             "mask": (torch.rand(2, 64, 64) > 0.7).long()}
+    terms = task.criterion(task(batch), batch["mask"])
+    net, encoder = task.net, task.net.encoder
+    affinity_path = {f"text_encoder.{n}": p for n, p in net.text_encoder.named_parameters()}
+    for name, module in [("patch_embed", encoder.patch_embed), ("stages", encoder.stages),
+                         *((f"fusions.{i}", encoder.fusions[i]) for i in range(4)),
+                         *((f"gates.{i}", encoder.gates[i]) for i in range(3)),
+                         *((f"norms.{i}", encoder.norms[i]) for i in (1, 2, 3))]:
+        affinity_path |= {f"encoder.{name}.{n}": p for n, p in module.named_parameters()}
+    from_affinity = torch.autograd.grad(terms["affinity"], list(affinity_path.values()), retain_graph=True,
+                                        allow_unused=True)
+    dead = [n for n, g in zip(affinity_path, from_affinity, strict=True) if g is None or not g.abs().sum() > 0]
+    assert not dead, f"the affinity term does not reach {dead}"
+    terms["total"].backward()
+    raam = {f"agent_alignment.{n}": p for n, p in net.agent_alignment.named_parameters()}
+    dead = [n for n, p in (raam | affinity_path).items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"no gradient after one backward of the full loss: {dead}"
+    assert net.agent_alignment.word_query.weight.grad.abs().sum() > 0  # W^Q, the reason for this test
 
 
 def test_aligned_classifier_matches_eq_7_to_9_by_hand():

@@ -17,7 +17,7 @@ from rsseg.models.idgbr import (
     unet_encode,
 )
 from rsseg.models.repa import DinoPatchFeatures, RepaProjector, repa_loss
-from tests.idgbr_tiny import TINY_DINO, TINY_IDGBR
+from tests.idgbr_tiny import TINY_DINO, TINY_IDGBR, tiny_stable_diffusion
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +252,54 @@ def test_ddim_with_the_true_noise_follows_the_clean_latents_trajectory(model, mo
     final = alphas[0].sqrt() * clean + (1 - alphas[0]).sqrt() * direction
     with torch.no_grad():
         torch.testing.assert_close(logits, model.decode_labels(final), atol=1e-4, rtol=1e-4)
+
+
+# --- noise schedule (issue: SD v1.5's scheduler, not a plain linear β) ------------------------------------
+def test_default_noise_schedule_is_stable_diffusion_v1_5_scaled_linear(model):
+    """SD v1.5's scheduler_config.json: β = linspace(√0.00085, √0.012, 1000)², ᾱ_t = Π_{s≤t}(1 − β_s); computed
+    here independently of diffusers. The paper's wording ("linear") stays available and differs."""
+    import numpy as np
+
+    betas = np.linspace(np.sqrt(0.00085), np.sqrt(0.012), 1000, dtype=np.float64) ** 2
+    expected = np.cumprod(1 - betas)
+    config = model.scheduler.config
+    assert (config.beta_schedule, config.beta_start, config.beta_end, config.num_train_timesteps) == (
+        "scaled_linear", 0.00085, 0.012, 1000)
+    steps = [0, 1, 250, 499, 961, 999]
+    got = model.scheduler.alphas_cumprod.double().numpy()[steps]
+    np.testing.assert_allclose(got, expected[steps], rtol=1e-4)  # diffusers: float32
+    assert got[-1] == pytest.approx(0.0047, abs=1e-4)  # SD v1.5's ᾱ_999
+    linear = IDGBR(3, beta_schedule="linear", **TINY_IDGBR).scheduler.alphas_cumprod.double().numpy()
+    np.testing.assert_allclose(linear, np.cumprod(1 - np.linspace(0.00085, 0.012, 1000)), rtol=1e-4)
+    assert abs(linear[499] - expected[499]) > 0.05
+
+
+def test_a_pretrained_model_takes_the_noise_schedule_of_its_scheduler_file(tmp_path, monkeypatch):
+    import json
+
+    kwargs = tiny_stable_diffusion(monkeypatch)
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({
+        "_class_name": "PNDMScheduler", "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02,
+        "num_train_timesteps": 500, "set_alpha_to_one": False, "steps_offset": 1, "skip_prk_steps": True}))
+    config = IDGBR(3, sd_model=str(tmp_path), pretrained=True, **kwargs).scheduler.config
+    assert (config.beta_schedule, config.beta_start, config.beta_end, config.num_train_timesteps) == (
+        "linear", 0.0001, 0.02, 500)
+    assert (config.prediction_type, config.clip_sample, config.steps_offset) == ("epsilon", False, 1)
+    explicit = IDGBR(3, sd_model=str(tmp_path), pretrained=True, beta_schedule="scaled_linear", **kwargs)
+    assert explicit.scheduler.config.beta_schedule == "scaled_linear"  # a set switch wins over the file
+    assert explicit.scheduler.config.beta_start == 0.0001  # the others still come from the file
+    with pytest.raises(OSError, match="scheduler"):
+        IDGBR(3, sd_model=str(tmp_path / "missing"), pretrained=True, **kwargs)
+
+
+# --- public API ------------------------------------------------------------------------------------------
+def test_every_network_is_exported_from_rsseg_models():
+    import rsseg.models
+    from rsseg.models import D2LS, IDGBR, SDCI, DANet, SMPNet  # noqa: F401
+    from rsseg.models.sdci.model import SDCI as SDCIModel
+
+    assert SDCI is SDCIModel and IDGBR is rsseg.models.IDGBR
+    assert {"SDCI", "D2LS", "DANet", "IDGBR", "SMPNet"} <= set(rsseg.models.__all__) <= set(dir(rsseg.models))
+    with pytest.raises(AttributeError):
+        rsseg.models.NotANetwork  # noqa: B018

@@ -196,3 +196,40 @@ def test_latent_autoencoder_fits_and_exports_a_vae_idgbr_loads(tmp_path):
     with torch.no_grad():
         latents = refiner.net.vae.encode(task.embedding.encode(mask)).latent_dist.mode()
     assert latents.std() * refiner.net.vae.config.scaling_factor == pytest.approx(1.0, rel=0.5)
+
+
+# --- the label embedding checkpoint of a pretrained refiner ------------------------------------------------
+def test_a_pretrained_refiner_without_a_label_embedding_checkpoint_is_an_error(monkeypatch):
+    """80k steps against an untrained E_e/D_e would be wasted: the error names the stage that makes one."""
+    from tests.idgbr_tiny import tiny_stable_diffusion
+
+    kwargs = tiny_stable_diffusion(monkeypatch)
+    net = {"class_path": "rsseg.models.IDGBR", "init_args": {"pretrained": True, "beta_schedule": "scaled_linear",
+                                                              "beta_start": 0.00085, "beta_end": 0.012,
+                                                              "num_train_timesteps": 1000, **kwargs}}
+    with pytest.raises(ValueError, match=r"rsseg fit --config experiments/idgbr/label_embedding_<dataset>\.yaml"):
+        IDGBRTask(net=net, num_classes=3, repa_weight=0.0)
+    allowed = IDGBRTask(net=net, num_classes=3, repa_weight=0.0, allow_untrained_label_embedding=True)
+    assert allowed.net.label_embedding.num_classes == 3
+    assert _task(repa_weight=0.0).net.label_embedding.num_classes == 3  # random-init networks: allowed
+
+
+def test_smoke_profile_allows_the_untrained_label_embedding_explicitly():
+    import yaml
+
+    smoke = yaml.safe_load((REPO / "experiments/idgbr/smoke.yaml").read_text())
+    assert smoke["model"]["init_args"]["allow_untrained_label_embedding"] is True
+
+
+# --- REPA steps: §III says 500, §IV-B and the released code 200 ----------------------------------------------
+def test_repa_steps_default_to_the_released_codes_200():
+    import inspect
+
+    import yaml
+
+    assert inspect.signature(IDGBRTask).parameters["repa_steps"].default == 200
+    for dataset in ("potsdam", "vaihingen", "chn6_cug"):
+        config = yaml.safe_load((REPO / f"experiments/idgbr/{dataset}.yaml").read_text())
+        assert config["model"]["init_args"]["repa_steps"] == 200, dataset
+    readme = (REPO / "README.md").read_text()
+    assert "first 500 steps" not in readme

@@ -50,7 +50,7 @@ NET_SWITCHES = {  # method → (network class path, switches that must show unde
     "danet": ("rsseg.models.DANet", {"backbone", "pretrained", "text_encoder", "agent_alignment", "num_agents"}),
     "lavt": ("rsseg.models.DANet", {"backbone", "pretrained", "agent_alignment", "decoder_channels"}),
     "idgbr": ("rsseg.models.IDGBR", {"sd_model", "pretrained", "vae", "guidance_width", "use_coarse"}),
-    "sdci": ("rsseg.models.sdci.model.SDCI", {"clip_model", "dino_version", "use_cscp", "knn"}),
+    "sdci": ("rsseg.models.SDCI", {"clip_model", "dino_version", "use_cscp", "knn"}),
 }
 
 

@@ -220,14 +220,37 @@ def test_float32_default_on_sdci_like_maps_beats_the_released_schedule():
     p_clip = as_distribution(smooth_scores(2, 5, h, w, seed=6))  # class sums > 1.5: the softmax branch
     p_dino = as_distribution(smooth_scores(2, 5, h, w, seed=7))
     wx, wy = edge_weights(np.stack([felzenszwalb_superpixels(blocky_image(h, w, seed=s)) for s in (2, 3)]))
-    q, info = cscp_solve(p_clip, p_dino, wx, wy)  # tol 1e-4, atol 1e-5 nats/pixel, float32 iterations
+    q, info = cscp_solve(p_clip, p_dino, wx, wy)  # gap ≤ 1e-4·E (relative), float32 iterations
     assert q.dtype == torch.float32 and info.converged.all()
-    assert (info.gap <= 1e-4 * info.energy + 1e-5 * h * w).all()
+    assert (info.gap <= 1e-4 * info.energy).all() and (info.relative_gap <= 1e-4).all()
     assert_on_simplex(q)
     assert torch.allclose(cscp_energy(q, p_clip, p_dino, wx, wy), info.energy, rtol=1e-5, atol=0)
     q_rel, info_rel = cscp_solve(p_clip, p_dino, wx, wy, schedule="released")
     assert (info.energy < info_rel.energy).all()
     assert (info.dual <= cscp_energy(q_rel, p_clip, p_dino, wx, wy)).all()
+
+
+def test_default_stopping_rule_is_relative_to_the_energy():
+    """The default stop is gap ≤ tol·|E| (tol = 1e-4: E − min E ≤ 0.01 % of E), certified per image.
+
+    The maps are SDCI-like (the softmax branch of as_distribution: flat, E ≈ 0.008 nats per pixel), where
+    the former absolute floor of 1e-5 nats per pixel allowed a relative gap of ≈ 1e-3. A tighter tol certifies a
+    smaller gap with more iterations.
+    """
+    h, w = 32, 40
+    p_clip = as_distribution(smooth_scores(2, 5, h, w, seed=21))
+    p_dino = as_distribution(smooth_scores(2, 5, h, w, seed=22))
+    wx, wy = edge_weights(np.stack([felzenszwalb_superpixels(blocky_image(h, w, seed=s)) for s in (5, 6)]))
+    _, info = cscp_solve(p_clip, p_dino, wx, wy)
+    assert info.converged.all()
+    assert (info.relative_gap <= 1e-4).all(), info.relative_gap
+    assert torch.equal(info.relative_gap, info.gap / info.energy.abs())
+    _, loose = cscp_solve(p_clip, p_dino, wx, wy, tol=1e-2)
+    _, tight = cscp_solve(p_clip, p_dino, wx, wy, tol=1e-6)
+    assert loose.converged.all() and tight.converged.all()
+    assert (loose.relative_gap <= 1e-2).all() and (tight.relative_gap <= 1e-6).all()
+    assert (tight.relative_gap < loose.relative_gap).all()
+    assert (tight.iterations > info.iterations).all() and (info.iterations >= loose.iterations).all()
 
 
 @pytest.mark.parametrize("schedule", ["fista", "released"])

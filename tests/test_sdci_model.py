@@ -74,6 +74,51 @@ def test_last_level_is_the_fused_attention_on_the_last_values(clip):
     torch.testing.assert_close(branch(image)["features"][:, -1], expected[:, 1:], atol=1e-5, rtol=1e-5)
 
 
+def test_every_level_is_the_fused_attention_on_its_normalised_tokens():
+    """Every level, not only the last, against an independent computation from open_clip's own modules.
+
+    Released SDCI (``forward_transformer`` with ``fuse_feature=True``): the features are ``ln_1(x)`` of every one
+    of the first N−1 layers (block ℓ's own ln_1 on block ℓ's input tokens) plus the final x, and each passes
+    through the LAST block's ln_1 before that block's attention (Eq. 5 here: no residual, no MLP), then
+    ``ln_post`` and ``proj``. The LayerNorm affines are randomised so that a skipped or a swapped ln_1 fails.
+    """
+    torch.manual_seed(1)
+    model = load_clip(config=TINY_CLIP)
+    with torch.no_grad():
+        for module in model.visual.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.3)
+    branch = SemanticBranch(model)
+    image = torch.randn(2, 3, 28, 28)
+    visual = model.visual
+    blocks = visual.transformer.resblocks
+    last, width = blocks[-1], TINY_CLIP["vision_cfg"]["width"]
+    with torch.no_grad():
+        x = visual._embeds(image)  # open_clip's own patch + class + position embedding and ln_pre
+        tokens, maps = [], []
+        for block in blocks[:-1]:
+            normed = block.ln_1(x)
+            tokens.append(last.ln_1(normed))  # normalised twice: its own ln_1, then the last block's
+            _, attention = block.attn(normed, normed, normed, need_weights=True, average_attn_weights=False)
+            maps.append(attention)
+            x = block(x)  # open_clip's own block forward
+        tokens.append(last.ln_1(x))
+        prior = fuse_attention(sum(maps), len(maps))
+        heads = last.attn.num_heads
+        expected = []
+        for level in tokens:
+            v = F.linear(level, last.attn.in_proj_weight[2 * width:], last.attn.in_proj_bias[2 * width:])
+            v = v.unflatten(-1, (heads, -1)).transpose(1, 2)
+            mixed = last.attn.out_proj((prior @ v).transpose(1, 2).flatten(-2))
+            expected.append(visual.ln_post(mixed) @ visual.proj)
+        expected = torch.stack(expected, 1)[:, :, 1:]
+        features = branch(image)["features"]
+    assert features.shape == expected.shape == (2, len(blocks), 4, TINY_CLIP["embed_dim"])
+    for level in range(len(blocks)):
+        torch.testing.assert_close(features[:, level], expected[:, level], atol=1e-5, rtol=1e-5)
+
+
 def test_fused_attention_on_a_hand_case():
     """Eq. 4–5 by hand: two 3×3 layer maps → average, symmetrise, subtract the mean 1/3, ReLU, ℓ1 rows."""
     a1 = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
@@ -137,6 +182,22 @@ def test_zero_shot_scores_keep_the_classes_after_a_softmax_over_all_rows():
     scores = zero_shot_scores(features, text, keep=2, logit_scale=10.0)
     cos = torch.tensor([[1.0, 0.0, 1 / math.sqrt(2)], [0.0, 1.0, 1 / math.sqrt(2)]])
     torch.testing.assert_close(scores[0], torch.softmax(10 * cos, -1)[:, :2])
+
+
+def test_flat_alignment_is_a_bilinear_resize_of_the_matrix_on_a_hand_case():
+    """``align: flat`` = methods.md §4.5 step 3's ``CLIP.resample``: "bilinear resize of the N×N matrix in
+    both axes". Hand case: A[i, j] = i + 10·j (n = 4, a 2×2 grid) resized to 16×16 (a 4×4 grid). Bilinear
+    resizing of the matrix reproduces this linear ramp along each matrix axis, at the half-pixel source
+    coordinate s(I) = (I + 0.5)·4/16 − 0.5 clamped to [0, 3] (PyTorch's align_corners=False; methods.md
+    does not say which the released code uses), ignoring the token grids entirely."""
+    index = torch.arange(4.0)
+    attention = (index[:, None] + 10 * index[None, :]).unsqueeze(0)
+    coord = ((torch.arange(16.0) + 0.5) / 4 - 0.5).clamp(0, 3)
+    expected = (coord[:, None] + 10 * coord[None, :]).unsqueeze(0)
+    torch.testing.assert_close(align_attention(attention, (2, 2), (4, 4), "flat"), expected)
+    # and 16×16 → 4×4 back (an exact 4× bilinear downsample of a linear ramp, no antialiasing) recovers A
+    torch.testing.assert_close(align_attention(expected, (4, 4), (2, 2), "flat")[:, 1:3, 1:3],
+                               attention[:, 1:3, 1:3])
 
 
 def test_grid_alignment_moves_attention_with_the_grid():

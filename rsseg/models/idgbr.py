@@ -57,6 +57,9 @@ SD15_VAE = {
     "sample_size": 512,
     "scaling_factor": 0.18215,
 }
+# Stable Diffusion v1.5's noise schedule (its scheduler/scheduler_config.json), for random-weight builds.
+SD15_SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                 "num_train_timesteps": 1000}
 PROMPT_TOKENS = 77  # CLIP's context length: the empty prompt's embedding is 77 × cross_attention_dim
 
 
@@ -276,9 +279,13 @@ class IDGBR(nn.Module):
         guidance_timestep: the fixed timestep of the pseudo-siamese encoder.
         use_image, use_coarse: Table VIII's guidance switches; a switched-off condition is replaced by a
             zero latent (the released code's ``no_rough`` ablation).
-        beta_schedule, beta_start, beta_end, num_train_timesteps: the DDIM noise schedule; the paper's β
-            increases linearly from 8.5e-4 to 1.2e-2 over T = 1000 (SD's own scheduler file, which the
-            released code loads, says ``scaled_linear``).
+        beta_schedule, beta_start, beta_end, num_train_timesteps: the DDIM noise schedule. Each one left
+            None is the loaded model's: with ``pretrained``, read from ``sd_model``'s
+            ``scheduler/scheduler_config.json`` (what the released code loads, and the schedule the pretrained
+            UNet was trained under: SD v1.5's ``scaled_linear``, β = linspace(√8.5e-4, √1.2e-2, 1000)²);
+            without, SD v1.5's values (``scaled_linear``, 8.5e-4, 1.2e-2, 1000). ``beta_schedule: linear`` is
+            the paper's wording taken literally (β linear from 8.5e-4 to 1.2e-2), which the pretrained UNet
+            was not trained under.
         repa_source: which encoder feature REPA aligns: ``"unet"`` (the paper: the last hidden state of the
             denoising UNet's encoder) or ``"guidance"`` (the released code: the last down-level guidance
             output).
@@ -298,10 +305,10 @@ class IDGBR(nn.Module):
         guidance_timestep: int = 1,
         use_image: bool = True,
         use_coarse: bool = True,
-        beta_schedule: str = "linear",
-        beta_start: float = 8.5e-4,
-        beta_end: float = 1.2e-2,
-        num_train_timesteps: int = 1000,
+        beta_schedule: str | None = None,
+        beta_start: float | None = None,
+        beta_end: float | None = None,
+        num_train_timesteps: int | None = None,
         repa_source: str = "unet",
     ) -> None:
         super().__init__()
@@ -323,11 +330,13 @@ class IDGBR(nn.Module):
         self.num_classes = num_classes
         self.use_image, self.use_coarse = use_image, use_coarse
         self.repa_source = repa_source
-        self.scheduler = DDIMScheduler(
-            num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-            beta_schedule=beta_schedule, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-            prediction_type="epsilon",
-        )
+        schedule = {"beta_schedule": beta_schedule, "beta_start": beta_start, "beta_end": beta_end,
+                    "num_train_timesteps": num_train_timesteps}
+        if any(v is None for v in schedule.values()):
+            defaults = _pretrained_schedule(sd_model) if pretrained else SD15_SCHEDULE
+            schedule = {k: defaults[k] if v is None else v for k, v in schedule.items()}
+        self.scheduler = DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                       prediction_type="epsilon")
         self.scaling_factor = self.vae.config.scaling_factor
 
     def train(self, mode: bool = True) -> IDGBR:
@@ -412,6 +421,21 @@ class IDGBR(nn.Module):
             noise = self.guided_noise(latent, t, cond, guidance_scale)
             latent = scheduler.step(noise, t, latent, eta=0.0).prev_sample
         return self.decode_labels(latent)
+
+
+def _pretrained_schedule(sd_model: str) -> dict:
+    """The noise schedule of ``sd_model``'s ``scheduler/scheduler_config.json`` (hub id or local folder; read
+    only for pretrained models, from the same place as their weights)."""
+    from diffusers import DDIMScheduler
+
+    try:
+        config = DDIMScheduler.load_config(sd_model, subfolder="scheduler")
+    except (OSError, ValueError) as error:
+        raise OSError(
+            f"cannot read the noise scheduler of {sd_model!r} ({error}); without internet it must already be in "
+            "the Hugging Face cache, or set beta_schedule, beta_start, beta_end and num_train_timesteps"
+        ) from error
+    return {k: config.get(k, SD15_SCHEDULE[k]) for k in SD15_SCHEDULE}
 
 
 def _load_vae(name_or_path: str) -> nn.Module:

@@ -11,11 +11,21 @@ from lightning import LightningModule
 from torch import nn
 
 from rsseg.metrics import ReferringMetrics
-from rsseg.models.danet import DANet, DANetOutput, affinity_alignment_loss
+from rsseg.models.danet import AFFINITY_READINGS, DANet, DANetOutput, affinity_alignment_loss
 from rsseg.tasks.net import network_factory, network_spec
 from rsseg.tasks.segmentation import SCHEDULERS, eval_loss_metrics, log_eval_loss, with_schedule
 
 MASK_LOSSES = ("bce", "lavt_ce")
+
+
+def _reading(reading: str, reduction: str | None) -> str:
+    """``affinity_reading``, or the former ``affinity_reduction`` when only that one was given."""
+    if reduction is None or reduction == reading:
+        return reading
+    if reading != "rows":
+        raise ValueError(f"affinity_reduction={reduction!r} (the former name) contradicts "
+                         f"affinity_reading={reading!r}")
+    return reduction
 
 
 class ReferringLoss(nn.Module):
@@ -25,18 +35,29 @@ class ReferringLoss(nn.Module):
     cross-entropy with class weights (0.9, 1.1): a softmax over two logits is a sigmoid of their
     difference, so on the one-logit output it is the BCE weighted by w_y and divided by Σ w_y — the same
     number torch's weighted ``cross_entropy`` gives. ``affinity_alignment=False`` drops L_affinity.
+    ``affinity_reading`` is Eq. 3's reading (``"rows"`` default, ``"sum"``, or ``"literal"``: Eq. 3 as
+    printed, see :func:`rsseg.models.danet.affinity_loss`) and ``affinity_temperature`` Eq. 1's τ (paper: 1).
+    ``affinity_reduction`` is the former name of ``affinity_reading`` (``"rows"``/``"sum"``), kept so that
+    older configs and checkpoints load.
     """
 
     def __init__(self, mask_loss: str = "bce", class_weights: tuple[float, float] = (0.9, 1.1),
                  affinity_alignment: bool = True, affinity_weight: float = 0.5,
                  affinity_stages: tuple[int, ...] = (2, 3, 4), alpha: float = 0.8,
-                 affinity_reduction: str = "rows") -> None:
+                 affinity_reading: str = "rows", affinity_temperature: float = 1.0,
+                 affinity_reduction: str | None = None) -> None:
         super().__init__()
         if mask_loss not in MASK_LOSSES:
             raise ValueError(f"unknown mask_loss {mask_loss!r}; choose one of {MASK_LOSSES}")
         self.mask_loss, self.class_weights = mask_loss, tuple(float(w) for w in class_weights)
         self.affinity_alignment, self.affinity_weight = affinity_alignment, affinity_weight
-        self.affinity_stages, self.alpha, self.affinity_reduction = tuple(affinity_stages), alpha, affinity_reduction
+        affinity_reading = _reading(affinity_reading, affinity_reduction)
+        if affinity_reading not in AFFINITY_READINGS:
+            raise ValueError(f"unknown affinity_reading {affinity_reading!r}; choose one of {AFFINITY_READINGS}")
+        if not affinity_temperature > 0:
+            raise ValueError(f"affinity_temperature must be > 0, got {affinity_temperature}")
+        self.affinity_stages, self.alpha = tuple(affinity_stages), alpha
+        self.affinity_reading, self.affinity_temperature = affinity_reading, float(affinity_temperature)
 
     def mask_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.to(logits.dtype)
@@ -52,7 +73,8 @@ class ReferringLoss(nn.Module):
         total = terms["mask"]
         if self.affinity_alignment:
             terms["affinity"] = affinity_alignment_loss(out.features, out.activations, self.affinity_stages,
-                                                        self.alpha, self.affinity_reduction)
+                                                        self.alpha, self.affinity_reading,
+                                                        self.affinity_temperature)
             total = total + self.affinity_weight * terms["affinity"]
         terms["total"] = total
         return terms
@@ -68,7 +90,7 @@ class DANetTask(LightningModule):
 
     ``net`` is :class:`rsseg.models.DANet` (``backbone``, ``pretrained``, ``text_encoder``, ``agent_alignment``,
     …, built with ``net()``; see :class:`rsseg.tasks.segmentation.SegmentationTask` for why the network is a
-    dependency); ``affinity_alignment`` … ``affinity_reduction`` and ``mask_loss``/``class_weights`` are
+    dependency); ``affinity_alignment`` … ``affinity_temperature`` and ``mask_loss``/``class_weights`` are
     :class:`ReferringLoss`'s. ``net.init_args.agent_alignment`` and ``affinity_alignment`` give the paper's
     Table 3 rows; both off is the LAVT baseline. Defaults are the paper's (§4.2): AdamW lr 5e-4, batch 16
     (the datamodule's), λ_af = 0.5, K = 32, α = 0.8, stages {F_2, F_3, F_4}; weight decay 0.01 and the poly
@@ -89,7 +111,9 @@ class DANetTask(LightningModule):
         affinity_weight: float = 0.5,
         affinity_stages: tuple[int, ...] = (2, 3, 4),
         alpha: float = 0.8,
-        affinity_reduction: str = "rows",
+        affinity_reading: str = "rows",
+        affinity_temperature: float = 1.0,
+        affinity_reduction: str | None = None,
         mask_loss: str = "bce",
         class_weights: tuple[float, float] = (0.9, 1.1),
         lr: float = 5e-4,
@@ -107,7 +131,8 @@ class DANetTask(LightningModule):
         self.hparams["net"] = network_spec(self.hparams["net"], 0)  # the config form, never a pickled callable
         self.net = network_factory(net, DANet)()
         self.criterion = ReferringLoss(mask_loss, class_weights, affinity_alignment, affinity_weight,
-                                       affinity_stages, alpha, affinity_reduction)
+                                       affinity_stages, alpha, affinity_reading, affinity_temperature,
+                                       affinity_reduction)
         self.eval_losses = eval_loss_metrics()
         self.metrics = nn.ModuleDict({
             f"{stage}{suffix}": ReferringMetrics(thresholds)

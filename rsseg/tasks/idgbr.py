@@ -140,13 +140,21 @@ class IDGBRTask(SegmentationTask):
     switches), built with ``net(num_classes, label_embedding)``. The rest:
 
     Args:
-        label_embedding: checkpoint of the :class:`LabelEmbeddingTask` run for this dataset (None: a fresh,
-            untrained embedding, with a warning).
+        label_embedding: checkpoint of the :class:`LabelEmbeddingTask` run for this dataset (its own
+            stage: ``rsseg fit --config experiments/idgbr/label_embedding_<dataset>.yaml``). None with a pretrained
+            network is an error: the refiner would train against an untrained encoder/decoder. A random-init
+            network (``pretrained: false``) builds a fresh, untrained embedding with a warning.
+        allow_untrained_label_embedding: let a pretrained network run without ``label_embedding`` too (a fresh
+            embedding, with a warning): for pipeline checks only (``experiments/idgbr/smoke.yaml`` sets it).
         cubic_timesteps: Eq. 13's timestep sampling (the paper uses it on multi-class data; the released
             configs turn it off for CHN6-CUG).
         repa_model, repa_pretrained, repa_config: the DINOv2 target (hub id / folder; random tiny configs
-            for tests); ``repa_weight`` λ of Eq. 14 for the first ``repa_steps`` optimiser steps (paper
-            500, released code 200), after which the DINO model is freed. ``repa_weight=0`` turns REPA off.
+            for tests); ``repa_weight`` λ of Eq. 14 for the first ``repa_steps`` optimiser steps, after which
+            the DINO model is freed. ``repa_weight=0`` turns REPA off. The paper is inconsistent: §III (Eq. 14)
+            says the first 500 steps, §IV-B (implementation details) 200, and the released code uses 200
+            (``acc_steps``). Default 200: it is what the released code ran to produce the paper's numbers, it
+            agrees with §IV-B and with the REPA ablation (§V-C, Fig. 11: its control group stops alignment at
+            step 200; on CHN6-CUG longer alignment ends up hurting); ``repa_steps: 500`` follows §III.
         repa_hidden: width of the projector h_φ.
         vae_input: what the VAE encodes: ``"unit"`` (the image mapped to [−1, 1], as SD's VAE expects; the
             paper) or ``"imagenet"`` (the ImageNet-normalised tensor, as the released code feeds it).
@@ -171,7 +179,7 @@ class IDGBRTask(SegmentationTask):
         repa_pretrained: bool = True,
         repa_config: dict | None = None,
         repa_weight: float = 0.5,
-        repa_steps: int = 500,
+        repa_steps: int = 200,
         repa_hidden: int = 2048,
         vae_input: str = "unit",
         inference_steps: int = 25,
@@ -181,11 +189,13 @@ class IDGBRTask(SegmentationTask):
         weight_decay: float = 0.01,
         scheduler: str = "none",
         inference_window: int | None = 512,
+        allow_untrained_label_embedding: bool = False,
         **task_kwargs: Any,
     ) -> None:
         if vae_input not in VAE_INPUTS:
             raise ValueError(f"vae_input must be one of {VAE_INPUTS}, got {vae_input!r}")
         self._label_embedding_path = label_embedding
+        self._allow_untrained_label_embedding = allow_untrained_label_embedding
         super().__init__(net=net, lr=lr, weight_decay=weight_decay, scheduler=scheduler,
                          inference_window=inference_window, **task_kwargs)
         self.repa_projector: RepaProjector | None = None
@@ -206,6 +216,13 @@ class IDGBRTask(SegmentationTask):
     def build_network(self, net: Callable[..., IDGBR]) -> IDGBR:
         if self._label_embedding_path:
             embedding = load_label_embedding(self._label_embedding_path, self.num_classes)
+        elif self.net_args.get("pretrained", True) and not self._allow_untrained_label_embedding:
+            raise ValueError(
+                "IDGBR: label_embedding is not set: the refiner would be trained against an untrained label "
+                "encoder/decoder. Train the label embedding first (its own stage: `rsseg fit --config "
+                "experiments/idgbr/label_embedding_<dataset>.yaml`) and pass its checkpoint as "
+                "--model.init_args.label_embedding <ckpt> (allow_untrained_label_embedding: true skips this check, "
+                "for pipeline checks only)")
         else:
             logger.warning("IDGBR: no label_embedding checkpoint given; the label embedding is untrained "
                            "(train one with experiments/idgbr/label_embedding_*.yaml)")

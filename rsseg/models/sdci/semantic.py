@@ -3,6 +3,13 @@
 Blocks 1…N−1 run unchanged while their attention maps (Eq. 3) are collected; the last block is replaced
 by the fused attention of Eq. 5 applied, without residual or MLP, to the normalised input of every block
 (the multi-level features F_1…F_N), each then projected into CLIP's joint space (``ln_post``, ``proj``).
+
+Which tokens and which norm (released SDCI at the pinned commit, ``modified_clip/model.py``,
+``forward_transformer``, from CLIPer's ``modify()`` with ``fuse_feature=True``): the intermediate features are
+block ℓ's own ``ln_1`` of its input tokens (ℓ = 0…N−2; level 0 is the embedding after ``ln_pre``) plus the last
+block's input x, and *every* feature then passes through the last block's ``ln_1`` before its attention — so
+levels 0…N−2 are normalised twice (their own ``ln_1``, then the last block's), level N−1 once. The attention is
+applied with no residual and no MLP, then ``ln_post`` and ``proj``: N levels (24 for ViT-L).
 """
 
 from __future__ import annotations
@@ -152,7 +159,7 @@ class SemanticBranch(nn.Module):
             summed = attention if summed is None else summed + attention
             levels.append(normed)
         last = blocks[-1]
-        levels.append(last.ln_1(x))
+        levels = [last.ln_1(level) for level in [*levels, x]]  # the released code's second ln_1 (docstring)
         layers = len(blocks) - 1
         values = self._heads(last, torch.stack(levels, 1), slice(2 * x.shape[-1], 3 * x.shape[-1]))  # B×N×h×T×d
         if self.fusion == "paper":
