@@ -33,6 +33,7 @@ class RssegCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         self._args = args
+        self._explicit = None
         self._ckpt_report = None
         super().parse_arguments(parser, args)
 
@@ -72,8 +73,10 @@ class RssegCLI(LightningCLI):
         self._ckpt_report = (ckpt_path, report)
 
     def _explicit_config(self, subcommand: str):
-        """The subcommand's settings the user gave (config files and flags), without defaults."""
-        return self.parser.parse_args(self._args, defaults=False)[subcommand]
+        """The subcommand's settings the user gave (config files and flags), without defaults; parsed once."""
+        if self._explicit is None:
+            self._explicit = self.parser.parse_args(self._args, defaults=False)
+        return self._explicit[subcommand]
 
     def instantiate_classes(self) -> None:
         try:

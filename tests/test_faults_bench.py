@@ -180,33 +180,38 @@ class SentinelReached(Exception):
     """The test's own SIGTERM handler ran: the bench installed none (SIGTERM would otherwise kill pytest)."""
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupt_stops_the_bench_with_an_interrupted_row(bench, signum):
-    """Fault 2: Ctrl-C (or SIGTERM) during a method: Lightning turns it into sys.exit(1), which the bench
-    recorded as "failed: LightningCLI rejected its configuration" before starting the next method. Now the
-    row says interrupted (by which signal), the tables are written, no later method runs, KeyboardInterrupt
-    propagates and the signal handlers are the caller's again."""
+def run_interrupted(bench, run_method) -> None:
+    """Run ``bench(run_method)``, which must stop with KeyboardInterrupt, under a SIGTERM handler of the test's
+    own (SIGTERM would otherwise end pytest); afterwards SIGINT and SIGTERM must be the caller's handlers again."""
     def sentinel(*_):
         raise SentinelReached
 
     before_int = signal.getsignal(signal.SIGINT)
     before_term = signal.signal(signal.SIGTERM, sentinel)
     try:
-        def run_method(method, config, *args, **kwargs):
-            if method == "deeplabv3plus":
-                def training():
-                    os.kill(os.getpid(), signum)
-                    wait_for_signal()
-                lightning_like(training)
-            return metrics_row(method, config), None
-
         with pytest.raises(KeyboardInterrupt):
             bench(run_method)
-        assert signal.getsignal(signal.SIGINT) is before_int
+        assert signal.getsignal(signal.SIGINT) is before_int  # not Lightning's SIG_IGN
         assert signal.getsignal(signal.SIGTERM) is sentinel
     finally:
         signal.signal(signal.SIGTERM, before_term)
 
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_stops_the_bench_with_an_interrupted_row(bench, signum):
+    """Fault 2: Ctrl-C (or SIGTERM) during a method: Lightning turns it into sys.exit(1), which the bench
+    recorded as "failed: LightningCLI rejected its configuration" before starting the next method. Now the
+    row says interrupted (by which signal), the tables are written, no later method runs, KeyboardInterrupt
+    propagates and the signal handlers are the caller's again."""
+    def run_method(method, config, *args, **kwargs):
+        if method == "deeplabv3plus":
+            def training():
+                os.kill(os.getpid(), signum)
+                wait_for_signal()
+            lightning_like(training)
+        return metrics_row(method, config), None
+
+    run_interrupted(bench, run_method)
     assert bench.ran == ["unet", "idgbr(unet)", "deeplabv3plus"]  # d2ls and sdci never started
     payload = strict_json(bench.run_dir / "results.json")
     assert payload["rows"][-1] == {"method": "deeplabv3plus", "interrupted": signum.name}
@@ -276,24 +281,13 @@ def test_interrupt_through_a_real_lightning_fit(bench, signum):
     """Fault 2 through Lightning itself: a signal during a real ``Trainer.fit`` (Lightning's graceful shutdown,
     SIGINT left ignored, sys.exit(1); for SIGTERM its own handler composed with the bench's) gives the
     interrupted row and stops the bench, and SIGINT is no longer ignored afterwards."""
-    def sentinel(*_):
-        raise SentinelReached
+    def run_method(method, config, *args, **kwargs):
+        if method == "unet":
+            tiny_fit(signum)
+            pytest.fail("the fit was not interrupted")
+        return metrics_row(method, config), None
 
-    before_int = signal.getsignal(signal.SIGINT)
-    before_term = signal.signal(signal.SIGTERM, sentinel)
-    try:
-        def run_method(method, config, *args, **kwargs):
-            if method == "unet":
-                tiny_fit(signum)
-                pytest.fail("the fit was not interrupted")
-            return metrics_row(method, config), None
-
-        with pytest.raises(KeyboardInterrupt):
-            bench(run_method)
-        assert signal.getsignal(signal.SIGINT) is before_int  # not Lightning's SIG_IGN
-        assert signal.getsignal(signal.SIGTERM) is sentinel
-    finally:
-        signal.signal(signal.SIGTERM, before_term)
+    run_interrupted(bench, run_method)
     assert bench.ran == ["unet"]
     payload = strict_json(bench.run_dir / "results.json")
     assert payload["rows"][-1] == {"method": "unet", "interrupted": signum.name}

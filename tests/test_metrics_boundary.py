@@ -23,7 +23,7 @@ def reference_band(label: np.ndarray, k: int = 3) -> np.ndarray:
 
 
 def reference_wf3(preds: list[np.ndarray], targets: list[np.ndarray], k: int = 3) -> dict[str, float]:
-    """IDGBR evaluate.py/boundary.py/wfmeasure.py pipeline, written from metrics.md §3."""
+    """IDGBR evaluate.py/boundary.py/wfmeasure.py pipeline, written from docs/metrics.md §3."""
     sums, counts = np.zeros(2), np.zeros(2)
     for p, t in zip(preds, targets, strict=True):
         pb, gb = reference_band(p, k), reference_band(t, k)
@@ -55,7 +55,7 @@ def test_band_matches_reference_and_known_shapes():
     lab = np.zeros((10, 12), np.int64)
     lab[:, 6:] = 1
     assert np.array_equal(np.flatnonzero(boundary_band(lab)[0]), [4, 5, 6, 7])
-    # checkerboard: Sobel cancels everywhere → no band at all (metrics.md §3 caveat, reproduced)
+    # checkerboard: Sobel cancels everywhere → no band at all (docs/metrics.md §3 caveat, reproduced)
     assert not boundary_band(np.indices((8, 8)).sum(0) % 2).any()
     # ignore label inside the band is outside the band
     lab[:, :3] = 255

@@ -118,7 +118,7 @@ def test_matches_torchmetrics_classes():
 
 
 def test_absent_class_conventions():
-    # metrics.md example A style: class 3 absent from target and prediction, class 2 predicted only.
+    # docs/metrics.md example A style: class 3 absent from target and prediction, class 2 predicted only.
     target = torch.tensor([[[0, 0, 1, 1], [0, 1, 1, 255]]])
     preds = torch.tensor([[[0, 0, 1, 2], [1, 1, 1, 0]]])
     m = SegmentationMetrics(4)

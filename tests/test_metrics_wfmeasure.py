@@ -122,7 +122,7 @@ def test_tie_rule_changes_the_score():
     [
         ("perfect", 1.0),
         ("full_gt_full_pred", 1.0),
-        ("full_gt_empty_pred", 0.32667),  # 16×16 (metrics.md §1.4): zero-padding artefact, kept on purpose
+        ("full_gt_empty_pred", 0.32667),  # 16×16 (docs/metrics.md §1.4): zero-padding artefact, kept on purpose
         ("single_pixel_off_by_one", 0.0),
     ],
 )

@@ -185,10 +185,10 @@ def test_zero_shot_scores_keep_the_classes_after_a_softmax_over_all_rows():
 
 
 def test_flat_alignment_is_a_bilinear_resize_of_the_matrix_on_a_hand_case():
-    """``align: flat`` = methods.md §4.5 step 3's ``CLIP.resample``: "bilinear resize of the N×N matrix in
+    """``align: flat`` = docs/methods.md §4.5 step 3's ``CLIP.resample``: "bilinear resize of the N×N matrix in
     both axes". Hand case: A[i, j] = i + 10·j (n = 4, a 2×2 grid) resized to 16×16 (a 4×4 grid). Bilinear
     resizing of the matrix reproduces this linear ramp along each matrix axis, at the half-pixel source
-    coordinate s(I) = (I + 0.5)·4/16 − 0.5 clamped to [0, 3] (PyTorch's align_corners=False; methods.md
+    coordinate s(I) = (I + 0.5)·4/16 − 0.5 clamped to [0, 3] (PyTorch's align_corners=False; docs/methods.md
     does not say which the released code uses), ignoring the token grids entirely."""
     index = torch.arange(4.0)
     attention = (index[:, None] + 10 * index[None, :]).unsqueeze(0)

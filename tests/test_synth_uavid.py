@@ -19,7 +19,7 @@ from rsseg.data.synthetic.scene import MATERIAL_NAMES
 from rsseg.data.synthetic.uavid import MATERIAL_UAVID_CLASS, write_synthetic_uavid
 
 SIZE = (216, 384)  # 2160×3840 / 10
-# classes by index, typed in from the UAVidToolKit table (datasets.md §2.2)
+# classes by index, typed in from the UAVidToolKit table (docs/datasets.md §2.2)
 CLUTTER, BUILDING, ROAD, STATIC_CAR, TREE, LOW_VEGETATION, HUMAN, MOVING_CAR = range(8)
 EXPECTED_FRAMES = [
     ("uavid_train", "seq1", "000000"), ("uavid_train", "seq1", "000100"),

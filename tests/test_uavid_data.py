@@ -84,7 +84,7 @@ def test_class_order_and_colours_are_the_official_toolkit_table():
     spec = uavid_spec()
     assert spec.num_classes == 8 and spec.ignore_index == 255 and spec.exclude_from_mean == ()
     assert not spec.eroded_test_labels and spec.palette == UAVID_PALETTE
-    # GeoSeg's index per class, from datasets.md §2.2: building 0, road 1, tree 2, low veg 3, moving car 4,
+    # GeoSeg's index per class, from docs/datasets.md §2.2: building 0, road 1, tree 2, low veg 3, moving car 4,
     # static car 5, human 6, clutter 7
     geoseg = {"building": 0, "road": 1, "tree": 2, "low_vegetation": 3, "moving_car": 4, "static_car": 5,
               "human": 6, "background_clutter": 7}  # fmt: skip

@@ -10,11 +10,12 @@ import csv
 import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from rsseg.data.synthetic.files import write_text_atomically
 
 
 @dataclass(frozen=True)
@@ -96,20 +97,6 @@ def json_text(value) -> str:
     return json.dumps(json_safe(value), indent=2, allow_nan=False)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` through a temporary file and ``os.replace``: the bench rewrites its tables
-    after every method, and a bench killed (or a reader arriving) mid-write must find the old file or the new
-    one, never half of one."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 # What each method costs, after its metrics: parameters, GFLOPs of one image at the evaluated size, training
 # time, inference images/s and the evaluation's peak memory (CUDA allocator, or process RSS on a CPU).
 COST_COLUMNS = ("params", "gflops", "train_time_s", "inference_img_per_s", "peak_memory_mib")
@@ -122,7 +109,7 @@ def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
     to run), so a run cut short keeps what it finished; the tables say so above the header."""
     run_dir = Path(run_dir)
     task = meta["task"]
-    write_atomically(run_dir / "results.json", json_text({"meta": meta, "rows": rows}))
+    write_text_atomically(run_dir / "results.json", json_text({"meta": meta, "rows": rows}))
 
     metrics = metric_columns(task, rows)
     columns = ["method", *metrics, *per_class_columns(rows, "F1"), *COST_COLUMNS]
@@ -131,7 +118,7 @@ def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
     writer = csv.DictWriter(table, fieldnames=columns, restval="")
     writer.writeheader()
     writer.writerows(rows)
-    write_atomically(run_dir / "results.csv", table.getvalue())
+    write_text_atomically(run_dir / "results.csv", table.getvalue())
 
     head = ["method", *map(_label, metrics), "params (M)", "GFLOPs", "train (s)", "img/s", "peak MiB"]
     lines = [f"# rsseg bench: {meta['dataset']} ({meta['profile']} profile)", ""]
@@ -160,7 +147,7 @@ def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
                  *(_fmt_plain(row.get(k)) for k in COST_COLUMNS[1:])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"{'†' * (i + 1)} {note}" for i, note in enumerate(notes)] if notes else []
-    write_atomically(run_dir / "results.md", "\n".join(lines) + "\n")
+    write_text_atomically(run_dir / "results.md", "\n".join(lines) + "\n")
 
 
 def _incomplete_note(meta: dict) -> list[str]:

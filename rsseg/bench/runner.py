@@ -17,10 +17,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rsseg.bench.plan import BenchPlan, load_plan, merged_config
 from rsseg.bench.plots import write_plots
 from rsseg.bench.refine import RefinerStages, write_coarse_maps
-from rsseg.bench.report import constant_mask_rows, json_text, majority_class_row, write_atomically, write_report
+from rsseg.bench.report import constant_mask_rows, json_text, majority_class_row, write_report
 from rsseg.bench.runs import Tracking, announce, close_failed_run, fit_and_test
 from rsseg.bench.sources import resolve_prepared_root
 from rsseg.bench.summary import log_summary_run
+from rsseg.data.synthetic.files import write_text_atomically
 from rsseg.errors import original_message
 from rsseg.manifest import data_checksum, run_manifest
 
@@ -282,7 +283,7 @@ class Progress:
         if self.interrupted:
             self.meta["interrupted"] = self.interrupted
         self.manifest["methods"] = manifest_methods(self.rows)
-        write_atomically(self.run_dir / "manifest.json", json_text(self.manifest))
+        write_text_atomically(self.run_dir / "manifest.json", json_text(self.manifest))
         write_report(self.run_dir, self.rows, self.meta)
 
 

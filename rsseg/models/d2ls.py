@@ -1,6 +1,6 @@
 """D2LS: dynamic dictionary learning for remote-sensing segmentation (ICCV 2025), as a plain nn.Module.
 
-Equation numbers refer to the paper (``shared/papers/000_…``). The pipeline (Fig. 2):
+Equation numbers refer to the paper (D2LS, ICCV 2025; docs/papers.md). The pipeline (Fig. 2):
 
 * **Encoder** (§3.2.1): a timm backbone gives four stages F_1..F_4 (strides 4–32); each goes through a
   per-stage MLP to ``embed_dim`` and is interpolated to F_1's size (Eq. 9); an MLP over their

@@ -1,6 +1,6 @@
 """DANet: dual alignments for referring remote-sensing segmentation (ACM MM 2024), as a plain nn.Module.
 
-Equation numbers refer to the paper (``shared/papers/003_…``); no official code exists, so everything
+Equation numbers refer to the paper (DANet, ACM MM 2024; docs/papers.md); no official code exists, so everything
 the paper leaves open is our reading and says so. On top of the LAVT baseline (``rsseg.models.lavt``):
 
 * **Explicit affinity alignment** (§3.2, Eq. 1–3) is a training loss over the stage features, with no

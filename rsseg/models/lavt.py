@@ -2,7 +2,7 @@
 
 LAVT ("Language-Aware Vision Transformer for Referring Image Segmentation", CVPR 2022) is the baseline of
 DANet and of the RRSIS methods before it. Its released structure (``yz93/LAVT-RIS``,
-``shared/reference/methods.md`` §2.1), rebuilt here on timm's Swin and transformers' encoders:
+docs/methods.md §2.1), rebuilt here on timm's Swin and transformers' encoders:
 
 * **Language encoder**: a transformers encoder by hub id or local folder (BERT-base by default), its last
   hidden states as word features L_c (B×L×C_t, [CLS] and [SEP] included, padding masked) and the [CLS]

@@ -1,6 +1,6 @@
 """The datamodule base every rsseg dataset shares, prepared or read as released.
 
-It owns the batch contract (samples are ``{"image", "mask", "meta"}`` dicts, see DESIGN.md contracts),
+It owns the batch contract (samples are ``{"image", "mask", "meta"}`` dicts, docs/architecture.md, the batch contract),
 the loader arguments, the dataloaders with their per-worker augmentation seeding, the DDP samplers that
 shard evaluation sets without duplicates, the normalisation statistics a task needs, the dataset's
 label convention (``spec``) and the ``predict_split`` check. Where the samples come from is the

@@ -62,7 +62,7 @@ def rebuild_command(root: Path, manifest: dict[str, Any], dataset: str = "") -> 
 
 
 class PreparedPatchDataset(Dataset):
-    """One split of a prepared root: sample = ``{"image", "mask", "meta"}`` (see DESIGN.md contracts).
+    """One split of a prepared root: sample = ``{"image", "mask", "meta"}`` (docs/architecture.md, the batch contract).
 
     ``meta`` describes the stored patch: ``id``, ``tile``, its origin ``y``/``x`` in the tile, the valid
     (unpadded) ``height``/``width`` inside the patch and the tile size. Under a random crop it still

@@ -1,6 +1,6 @@
 """CHN6-CUG binary road extraction: file pairing, mask binarisation, split protocols, dataset, datamodule.
 
-Official layout (datasets.md §6, CUG-URS/CHN6-CUG-Roads-Dataset README)::
+Official layout (docs/datasets.md §6, CUG-URS/CHN6-CUG-Roads-Dataset README)::
 
     root/train/images/<id>_sat.jpg    root/train/gt/<id>_mask.png     3,608 tiles
     root/val/images/<id>_sat.jpg      root/val/gt/<id>_mask.png         903 tiles, the split papers report on
@@ -150,7 +150,8 @@ def protocol_splits(
 
 
 class CHN6CUGDataset(Dataset):
-    """Image/mask pairs of one CHN6-CUG split: sample = ``{"image", "mask", "meta"}`` (DESIGN.md contracts).
+    """Image/mask pairs of one CHN6-CUG split: sample = ``{"image", "mask", "meta"}`` (docs/architecture.md,
+    the batch contract).
 
     ``pairs`` is ``{id: (image, mask)}`` as from ``find_pairs``/``protocol_splits``; without it the whole
     official ``folder`` (``"train"`` or ``"val"``) is used. ``meta`` holds ``id``, ``height``, ``width``.

@@ -1,6 +1,6 @@
 """LoveDA: official layout, label convention, split protocols, dataset and datamodule.
 
-Raw layout (datasets.md §1; Zenodo record 5706578, ``Train.zip``, ``Val.zip``, ``Test.zip``)::
+Raw layout (docs/datasets.md §1; Zenodo record 5706578, ``Train.zip``, ``Val.zip``, ``Test.zip``)::
 
     <root>/{Train,Val}/{Urban,Rural}/images_png/<id>.png   1024×1024 RGB, 0.3 m
     <root>/{Train,Val}/{Urban,Rural}/masks_png/<id>.png    single-band uint8, raw values 0–7
@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 DATASET = "loveda"
 
 LOVEDA_CLASSES = ("background", "building", "road", "water", "barren", "forest", "agriculture")
-# The colours of the official LoveDA visualisation (also used by GeoSeg and mmseg), datasets.md §1.2.
+# The colours of the official LoveDA visualisation (also used by GeoSeg and mmseg), docs/datasets.md §1.2.
 LOVEDA_PALETTE = (
     (255, 255, 255),
     (255, 0, 0),
@@ -76,7 +76,7 @@ LABELLED_SPLITS = ("train", "val")
 MERGED_SPLITS = {"trainval": ("train", "val")}  # GeoSeg's train_val
 IMAGE_DIR, MASK_DIR = "images_png", "masks_png"
 
-# images per (split, scene) in the official release (datasets.md §1.3)
+# images per (split, scene) in the official release (docs/datasets.md §1.3)
 OFFICIAL_COUNTS = {
     ("train", "Urban"): 1156,
     ("train", "Rural"): 1366,

@@ -1,6 +1,6 @@
 """ISPRS Potsdam: tile ids, file names, split protocols, preparation into patches, dataset, datamodule.
 
-Raw layout (datasets.md §3): images of the bands chosen with ``bands``, one of
+Raw layout (docs/datasets.md §3): images of the bands chosen with ``bands``, one of
 ``top_potsdam_{r}_{c}_RGB.tif`` (2_Ortho_RGB.zip, default), ``top_potsdam_{r}_{c}_IRRG.tif``
 (3_Ortho_IRRG.zip) or ``top_potsdam_{r}_{c}_RGBIR.tif`` (4_Ortho_RGBIR.zip, 4 bands); labels
 ``top_potsdam_{r}_{c}_label.tif`` (5_Labels_all.zip) and ``top_potsdam_{r}_{c}_label_noBoundary.tif``

@@ -1,7 +1,7 @@
 """RefSegRS referring segmentation (zhu-xlab RRSIS, TGRS 2024): expressions, masks, tokens, datamodule.
 
 Official layout (``RefSegRS.zip`` from huggingface.co/datasets/JessicaYuan/RefSegRS; the HF preview has
-no masks or text, zhu-xlab/rrsis#1; datasets.md §5)::
+no masks or text, zhu-xlab/rrsis#1; docs/datasets.md §5)::
 
     root/images/<id>.tif              RGB aerial tile, 512×512
     root/masks/<id>.tif               the referred object's mask, 0 / 255-ish
@@ -15,7 +15,7 @@ is the sentence. Blank lines are skipped; a line with an id but no sentence, or 
 plain file name, is a DataError naming the file and line. Lines sharing an id are several sentences for
 one object (same image, same mask), grouped in order of first appearance.
 
-Samples (DESIGN.md contracts): ``image`` float32 3×S×S (ImageNet-normalised), ``mask`` int64 S×S in
+Samples (docs/architecture.md, the batch contract): ``image`` float32 3×S×S (ImageNet-normalised), ``mask`` int64 S×S in
 {0,1} (no ignore: every pixel is target or not), ``text`` (the raw sentence), ``input_ids`` and
 ``attention_mask`` int64 of length ``max_tokens``, and ``meta`` with ``id`` (image = object id),
 ``sentence_index`` (which of the object's sentences), ``num_sentences``, ``line`` (in the phrase file)

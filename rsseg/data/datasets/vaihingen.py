@@ -1,6 +1,6 @@
 """ISPRS Vaihingen: area ids, file names, split protocols, preparation into patches, dataset, datamodule.
 
-Raw layout (datasets.md §4), anywhere under ``--src``:
+Raw layout (docs/datasets.md §4), anywhere under ``--src``:
 
 * ``ISPRS_semantic_labeling_Vaihingen.zip`` → ``top/top_mosaic_09cm_area{N}.tif``: 33 IR-R-G false-colour
   tiles of about 2000×2500 px, every one a different size, 9 cm GSD.

@@ -1,6 +1,6 @@
 """Test-server submissions for datasets whose test labels are private, one section per dataset.
 
-LoveDA (Codalab, datasets.md §1.4): one 1024×1024 single-band uint8 PNG per Test image, named
+LoveDA (Codalab, docs/datasets.md §1.4): one 1024×1024 single-band uint8 PNG per Test image, named
 ``<id>.png``, with values 0–6 (background … agriculture: the training indices, *not* the raw 1–7
 mask values), zipped flat (no folder inside the zip). Submissions that break this score zero or crash
 the scorer (Junjue-Wang/LoveDA#6, #32, #83, #103), so the writer checks every map before it is added.

@@ -57,7 +57,7 @@ __all__ = ["CSCP", "CSCPInfo", "as_distribution", "cscp_energy", "cscp_solve", "
 Schedule = Literal["fista", "released"]
 SCHEDULES = ("fista", "released")
 
-# The released ConvexFusionPrimalDual call (ovs/label_utils.py), summarised in reference/methods.md §4.5.6.
+# The released ConvexFusionPrimalDual call (ovs/label_utils.py), summarised in docs/methods.md §4.5.6.
 RELEASED = {"n_iters": 100, "tau": 0.25, "sigma": 0.25, "theta": 1.0, "n_bisect": 10, "newton_steps": 5,
             "exp_clamp": 50.0, "bracket": 20.0}
 

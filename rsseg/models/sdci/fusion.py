@@ -31,8 +31,8 @@ def align_attention(attention: torch.Tensor, src: tuple[int, int], dst: tuple[in
     """Align(·) of Eq. 8–9: a B×n×n attention between the tokens of grid ``src`` as one between those of
     grid ``dst``. ``"grid"``: both token axes resampled bilinearly as images and scaled by n_src / n_dst so
     each row keeps its attention mass; ``"flat"``: the released code's bilinear resize of the n×n matrix
-    as a single image (which mixes tokens of neighbouring grid rows), as reference/methods.md §4.5 step 3
-    describes ``CLIP.resample`` ("bilinear resize of the N×N matrix in both axes"); methods.md does not
+    as a single image (which mixes tokens of neighbouring grid rows), as docs/methods.md §4.5 step 3
+    describes ``CLIP.resample`` ("bilinear resize of the N×N matrix in both axes"); docs/methods.md does not
     record its ``align_corners``/antialias settings, this uses PyTorch's defaults (False, none)."""
     if mode not in ALIGN_MODES:
         raise ValueError(f"align mode must be one of {ALIGN_MODES}, got {mode!r}")

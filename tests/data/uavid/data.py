@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# The official colour table, typed in from UAVidToolKit colorTransformer.py (datasets.md §2.2), not
+# The official colour table, typed in from UAVidToolKit colorTransformer.py (docs/datasets.md §2.2), not
 # imported from rsseg: index = trainId.
 UAVID_RGB = np.array(
     [

@@ -4,7 +4,7 @@ Labels ship as RGB colour images. Decoding uses an exact-match table in RGB orde
 the black boundary of the eroded ``noBoundary`` labels and any unknown colour become ``ignore_index``
 and never a class (torchgeo#1727: an overlay image silently decoded as all clutter).
 
-Bands (datasets.md §8.9): Potsdam ships RGB, IRRG (IR-R-G false colour) and RGBIR (4 bands); Vaihingen
+Bands (docs/datasets.md §8.9): Potsdam ships RGB, IRRG (IR-R-G false colour) and RGBIR (4 bands); Vaihingen
 only IRRG. Images are normalised per band with the ImageNet statistics of the band's own colour, and the
 near-infrared band borrows the red statistics (ImageNet has no IR; red is its nearest neighbour in
 wavelength). RGB therefore gets exactly the ImageNet mean/std.

@@ -1,7 +1,7 @@
 """UAVid: label convention and protocols (``labels``), preparation of the release into patches
 (``prepare``), dataset and datamodule over a prepared root (``datamodule``).
 
-Raw layout (datasets.md §2), as the official release extracts, anywhere under ``--src``::
+Raw layout (docs/datasets.md §2), as the official release extracts, anywhere under ``--src``::
 
     uavid_train/seq1/Images/000000.png   uavid_train/seq1/Labels/000000.png   20 sequences × 10 frames
     uavid_val/seq16/Images/...           uavid_val/seq16/Labels/...           7 sequences × 10 frames
