@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATASET ?= potsdam
 PROFILE ?= smoke
 
-.PHONY: install test bench lint clean
+.PHONY: install test mutants bench lint clean
 
 install: $(BIN)/rsseg
 
@@ -17,6 +17,11 @@ $(BIN)/rsseg: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Each equation-level mutant in tests/mutants/catalogue.py must turn its group's default-run tests red
+# (about 20 s per mutant on 2 cores). GROUP=metrics|d2ls|danet|idgbr|sdci runs one group.
+mutants: install
+	$(BIN)/python -m tests.mutants.run $(if $(GROUP),--group $(call quote,$(GROUP)),)
 
 # make bench DATASET=potsdam|vaihingen|chn6cug|refsegrs|loveda|uavid [DATA_ROOT=…] [PROFILE=smoke|paper]
 #            [METHODS=unet,d2ls] [DEVICES=2 STRATEGY=ddp]   (DEVICES/STRATEGY go to every method's Lightning trainer)
