@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,24 @@ def test_help_lists_every_subcommand():
                          check=True).stdout
     for command in ("fit", "validate", "test", "predict", "prepare", "synth", "bench"):
         assert command in out
+
+
+def test_help_and_version_import_nothing_heavy():
+    """`rsseg --help`, `rsseg bench --help` and `--version` answer without importing torch (the slow part)."""
+    probe = ("import sys\nfrom rsseg.cli import main\nfor argv in (['--help'], ['bench', '--help'], ['--version']):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'lightning', 'rsseg.data') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert f"rsseg {version('rsseg')}" in result.stdout  # the installed distribution's version
+
+
+def test_the_command_lines_dataset_names_are_the_registrys():
+    from rsseg.cli import DATASETS, PREPARED_DATASETS
+    from rsseg.data.registry import DATAMODULES, PREPARERS, SYNTHESIZERS
+
+    assert set(DATASETS) == set(DATAMODULES) == set(SYNTHESIZERS)
+    assert set(PREPARED_DATASETS) == set(PREPARERS)
 
 
 def test_fit_fast_dev_run_then_test(tiny_potsdam, tmp_path):
