@@ -2,8 +2,9 @@
 
 One place builds a Lightning run from arguments, for the command line (:mod:`rsseg.cli`) and the benchmark
 runner (:mod:`rsseg.bench.runs`) alike. Over Lightning's CLI it adds: W&B as the default logger, configuration
-errors raised instead of printed with the whole usage, ``num_classes`` taken from the datamodule, and
-checkpoints read safely with the user's explicit settings kept (:mod:`rsseg.checkpoints`).
+errors raised instead of printed with the whole usage, ``num_classes`` taken from the datamodule,
+checkpoints read safely with the user's explicit settings kept (:mod:`rsseg.checkpoints`), and progress
+that suits where it is shown (:mod:`rsseg.progress`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import warnings
 from collections.abc import Sequence
 
 from lightning import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 import rsseg.data  # noqa: F401  (short class names in configs)
@@ -20,6 +22,7 @@ import rsseg.tasks  # noqa: F401
 from rsseg.checkpoints import CheckpointError, names_a_file, read_checkpoint, reconcile_hparams
 from rsseg.errors import original_message
 from rsseg.legacy import convert_legacy_hparams
+from rsseg.progress import progress_callback
 from rsseg.tracking import RecordedConfig, WandbEvaluationLogger, default_logger
 
 logger = logging.getLogger(__name__)
@@ -119,6 +122,14 @@ class RssegCLI(LightningCLI):
             kwargs["logger"] = default_logger(self.model, self.datamodule, trainer.get("default_root_dir"),
                                               self.subcommand)
         return super().instantiate_trainer(**kwargs)
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
+        """rsseg's progress (a bar in a terminal, log lines elsewhere) unless the configuration turns progress
+        off or brings its own bar."""
+        configured = [*(config.get("callbacks") or []), *callbacks, *self.trainer_defaults.get("callbacks", [])]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
+            callbacks = [*callbacks, progress_callback()]
+        return super()._instantiate_trainer(config, callbacks)
 
 
 
