@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 
 from lightning import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 import rsseg.data  # noqa: F401  (short class names in configs)
@@ -125,7 +125,13 @@ class RssegCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
         """rsseg's progress (a bar in a terminal, log lines elsewhere) unless the configuration turns progress
-        off or brings its own bar."""
+        off or brings its own bar; without a logger (``--trainer.logger false``) the configs' learning-rate
+        monitor, which needs one, is left out instead of failing the run."""
+        if config.get("logger") in (False, None, []) and config.get("callbacks"):
+            monitors = [c for c in config["callbacks"] if isinstance(c, LearningRateMonitor)]
+            if monitors:
+                logger.info("no logger: the learning-rate monitor is left out")
+                config = {**config, "callbacks": [c for c in config["callbacks"] if c not in monitors]}
         configured = [*(config.get("callbacks") or []), *callbacks, *self.trainer_defaults.get("callbacks", [])]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             callbacks = [*callbacks, progress_callback()]

@@ -55,6 +55,12 @@ def test_the_command_lines_dataset_names_are_the_registrys():
     assert set(PREPARED_DATASETS) == set(PREPARERS)
 
 
+def test_fit_without_a_logger_runs_although_the_config_monitors_the_learning_rate(tiny_potsdam, tmp_path):
+    assert "LearningRateMonitor" in Path(UNET).read_text()
+    main(["fit", *_tiny_args(tiny_potsdam, tmp_path), "--trainer.max_steps", "1", "--trainer.logger", "false"])
+    assert sorted(tmp_path.rglob("*.ckpt")), "fit wrote no checkpoint"
+
+
 def test_fit_fast_dev_run_then_test(tiny_potsdam, tmp_path):
     main(["fit", *_tiny_args(tiny_potsdam, tmp_path), "--trainer.max_steps", "3",
           "--trainer.check_val_every_n_epoch", "1"])
