@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 
 from lightning import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 import rsseg.data  # noqa: F401  (short class names in configs)
@@ -91,6 +91,25 @@ class RssegCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand:
             self._check_num_classes(subcommand)
+        if subcommand == "fit":
+            self._rank_checkpoints_only_with_validation()
+
+    def _rank_checkpoints_only_with_validation(self) -> None:
+        """Without a val split (e.g. ``protocol: official``) nothing can rank checkpoints by a ``val/`` metric,
+        and Lightning would silently write none but ``last.ckpt``: such callbacks keep the latest epoch under
+        their own file name instead (the configs' ``best.ckpt``), and the log says so."""
+        has_val_split = getattr(self.datamodule, "has_val_split", None)
+        try:
+            if has_val_split is None or has_val_split():
+                return
+        except Exception:  # noqa: BLE001 — a root that cannot be read fails fit itself, with its own message
+            return
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and (callback.monitor or "").startswith("val/"):
+                logger.warning("no validation split in this protocol: checkpoints cannot be ranked by %s; "
+                               "'%s.ckpt' will hold the last epoch", callback.monitor, callback.filename or "epoch…")
+                callback.monitor = None
+                callback._save_on_train_epoch_end = True  # its save_on_train_epoch_end: no validation end comes
 
     def _check_num_classes(self, subcommand: str) -> None:
         """``num_classes`` comes from the datamodule; an explicit other value is an error, not overwritten."""

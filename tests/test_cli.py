@@ -61,6 +61,20 @@ def test_fit_without_a_logger_runs_although_the_config_monitors_the_learning_rat
     assert sorted(tmp_path.rglob("*.ckpt")), "fit wrote no checkpoint"
 
 
+def test_without_a_val_split_the_configs_best_checkpoint_holds_the_last_epoch(tiny_potsdam_raw, tmp_path, caplog):
+    """experiments/*/potsdam.yaml rank checkpoints by val/mF1 and tell users to test best.ckpt; the official
+    protocol has no val split, so best.ckpt is the last epoch's (Lightning would write only last.ckpt)."""
+    from rsseg.data.datasets.potsdam import prepare_potsdam
+
+    root = tmp_path / "official"
+    prepare_potsdam(tiny_potsdam_raw, root, patch_size=128, protocol="official", progress=False)
+    with caplog.at_level("WARNING", logger="rsseg.lightning_cli"):
+        main(["fit", *_tiny_args(root, tmp_path / "run"), "--data.init_args.protocol", "official",
+              "--trainer.max_steps", "2", "--trainer.logger", "false"])
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    assert "no validation split" in caplog.text
+
+
 def test_fit_fast_dev_run_then_test(tiny_potsdam, tmp_path):
     main(["fit", *_tiny_args(tiny_potsdam, tmp_path), "--trainer.max_steps", "3",
           "--trainer.check_val_every_n_epoch", "1"])
