@@ -9,7 +9,6 @@ from matplotlib.image import imread
 from rsseg.bench import plots
 from rsseg.bench.plots import (
     CORRECT_COLOUR,
-    WRONG_COLOUR,
     colourise,
     error_map,
     file_safe,
@@ -19,6 +18,7 @@ from rsseg.bench.plots import (
     qualitative_panel,
     speed_accuracy,
     write_plots,
+    wrong_colour,
 )
 
 ISPRS = [(255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0)]
@@ -71,13 +71,22 @@ def test_the_default_ignore_colour_is_no_class_colour(palette):
     assert free_colour(palette) not in palette  # ISPRS impervious is white, binary uses black and white
 
 
+@pytest.mark.parametrize("palette", [ISPRS, BINARY])
+def test_the_wrong_colour_is_apart_from_every_class_the_ignore_colour_and_the_correct_grey(palette):
+    """ISPRS clutter is red: an error drawn in red would read as clutter."""
+    ignore = free_colour(palette)
+    wrong = np.array(wrong_colour(palette, ignore), dtype=float)
+    taken = np.array([*palette, ignore, CORRECT_COLOUR], dtype=float)
+    assert np.linalg.norm(taken - wrong, axis=1).min() > 100
+
+
 def test_error_map_marks_exactly_the_wrong_scored_pixels():
     rng = np.random.default_rng(0)
     target, pred = rng.integers(0, 3, (16, 16)), rng.integers(0, 3, (16, 16))
     target[:3] = 255
-    out = error_map(pred, target, ignore_colour=(7, 7, 7))
+    out = error_map(pred, target, ignore_colour=(7, 7, 7), wrong=(1, 2, 3))
     is_colour = {name: (out == np.array(colour)).all(-1)
-                 for name, colour in (("wrong", WRONG_COLOUR), ("right", CORRECT_COLOUR), ("ignored", (7, 7, 7)))}
+                 for name, colour in (("wrong", (1, 2, 3)), ("right", CORRECT_COLOUR), ("ignored", (7, 7, 7)))}
     scored = target != 255
     np.testing.assert_array_equal(is_colour["wrong"], scored & (pred != target))
     np.testing.assert_array_equal(is_colour["right"], scored & (pred == target))
@@ -163,7 +172,8 @@ def test_panel_draws_the_masks_in_the_palette(tmp_path):
               "predictions": {"m": np.ones_like(target)}}  # wrong on the left half
     picture = imread(write_plots(tmp_path, [], REFERRING_META, [sample], BINARY, ["background", "target"])[0])
     rgb = (picture[..., :3] * 255).round().astype(int)
-    assert (rgb == WRONG_COLOUR).all(-1).sum() > 1000 and (rgb == CORRECT_COLOUR).all(-1).sum() > 1000
+    wrong = wrong_colour(BINARY, free_colour(BINARY))
+    assert (rgb == wrong).all(-1).sum() > 1000 and (rgb == CORRECT_COLOUR).all(-1).sum() > 1000
 
 
 def test_panel_without_a_palette_uses_default_colours(tmp_path):

@@ -15,7 +15,9 @@ Colours: each method keeps one colour (matplotlib's C0…C9, in row order) in ev
 grey and hatched. Masks use the dataset's palette; ignored pixels get :func:`free_colour`, the candidate
 farthest from every class colour (magenta for ISPRS, white for UAVid, black for LoveDA, orange for the
 black/white binary palettes of roads and referring segmentation). Error maps: correct pixels dark grey,
-wrong ones red, pixels the target ignores in the masks' ignore colour.
+wrong ones in :func:`wrong_colour` (the candidate farthest from every class, the ignore colour and the grey:
+orange for ISPRS, whose clutter is red; sky blue for the binary palettes, whose ignore colour is orange),
+pixels the target ignores in the masks' ignore colour.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from rsseg.bench.report import _label, headline_metrics, per_class_columns
 
 IGNORE_CANDIDATES = ((255, 0, 255), (255, 255, 255), (0, 0, 0), (128, 128, 128), (255, 128, 0))
 CORRECT_COLOUR = (60, 60, 60)
-WRONG_COLOUR = (220, 30, 30)
+WRONG_CANDIDATES = ((220, 30, 30), (255, 128, 0), (128, 0, 255), (255, 0, 128), (0, 160, 255))
 REFERENCE_COLOUR = "0.75"
 DPI = 120
 PANEL_DPI = 100  # the panel is the largest picture: a 2-inch cell is 200 px
@@ -200,15 +202,25 @@ def speed_accuracy(run_dir: Path, rows: list[dict], meta: dict) -> Path | None:
 # Masks and the qualitative panel
 
 
-def free_colour(palette: Sequence[Sequence[int]]) -> tuple[int, int, int]:
-    """A colour for ignored pixels that reads apart from every class of ``palette``: the candidate farthest
-    (in RGB) from its nearest class colour."""
-    colours = np.asarray(palette, dtype=float).reshape(-1, 3)
+def _farthest(candidates: Sequence[tuple[int, int, int]], taken: Sequence[Sequence[int]]) -> tuple[int, int, int]:
+    """The candidate farthest (in RGB) from its nearest ``taken`` colour (the first one on ties)."""
+    colours = np.asarray(taken, dtype=float).reshape(-1, 3)
 
     def distance(candidate):
         return np.linalg.norm(colours - np.asarray(candidate, dtype=float), axis=1).min() if len(colours) else 0.0
 
-    return max(IGNORE_CANDIDATES, key=distance)
+    return max(candidates, key=distance)
+
+
+def free_colour(palette: Sequence[Sequence[int]]) -> tuple[int, int, int]:
+    """A colour for ignored pixels that reads apart from every class of ``palette``."""
+    return _farthest(IGNORE_CANDIDATES, palette)
+
+
+def wrong_colour(palette: Sequence[Sequence[int]], ignore: Sequence[int]) -> tuple[int, int, int]:
+    """The error maps' colour for wrong pixels: apart from every class, the ignore colour and the "correct"
+    grey, so that an error never reads as a class."""
+    return _farthest(WRONG_CANDIDATES, [*palette, ignore, CORRECT_COLOUR])
 
 
 def colourise(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255,
@@ -224,12 +236,13 @@ def colourise(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: 
 
 
 def error_map(pred: np.ndarray, target: np.ndarray, ignore_index: int = 255,
-              ignore_colour: Sequence[int] = (255, 255, 255)) -> np.ndarray:
-    """H×W×3 uint8: where a prediction is scored right (dark grey) or wrong (red); pixels the target
+              ignore_colour: Sequence[int] = (255, 255, 255),
+              wrong: Sequence[int] = WRONG_CANDIDATES[0]) -> np.ndarray:
+    """H×W×3 uint8: where a prediction is scored right (dark grey) or wrong (``wrong``); pixels the target
     ignores are not scored, so they get ``ignore_colour`` whatever the prediction."""
     out = np.empty((*np.shape(target), 3), dtype=np.uint8)
     out[...] = CORRECT_COLOUR
-    out[np.asarray(pred) != np.asarray(target)] = WRONG_COLOUR
+    out[np.asarray(pred) != np.asarray(target)] = wrong
     out[np.asarray(target) == ignore_index] = ignore_colour
     return out
 
@@ -285,11 +298,12 @@ def qualitative_panel(path: Path, samples: list[dict], palette: Sequence[Sequenc
 
 def _panel_row(sample: dict, methods: list[str], palette, ignore_index: int, ignore) -> list:
     target = np.asarray(sample["target"])
+    wrong = wrong_colour(palette, ignore)
     pictures = [sample["image"], colourise(target, palette, ignore_index, ignore)]
     for method in methods:
         pred = sample["predictions"].get(method)
-        pictures += ([None, None] if pred is None else
-                     [colourise(pred, palette, ignore_index, ignore), error_map(pred, target, ignore_index, ignore)])
+        pictures += ([None, None] if pred is None else [colourise(pred, palette, ignore_index, ignore),
+                                                        error_map(pred, target, ignore_index, ignore, wrong)])
     return pictures
 
 
@@ -300,7 +314,7 @@ def _panel_legend(palette, class_names: Sequence[str], ignore) -> list:
         return Patch(facecolor=np.asarray(colour) / 255, edgecolor="0.3", label=label)
 
     return [*(patch(c, n) for c, n in zip(palette, class_names, strict=False)), patch(ignore, "ignored"),
-            patch(CORRECT_COLOUR, "correct (error map)"), patch(WRONG_COLOUR, "wrong (error map)")]
+            patch(CORRECT_COLOUR, "correct (error map)"), patch(wrong_colour(palette, ignore), "wrong (error map)")]
 
 
 def write_plots(run_dir: Path, rows: list[dict], meta: dict, samples: list[dict] | None = None,
