@@ -149,3 +149,24 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+# What a weights-only export keeps of a Lightning checkpoint: enough to rebuild the task and to test or predict.
+EXPORT_KEYS = ("state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_version", "epoch", "global_step")
+
+
+def export_weights(src: str | Path, dst: str | Path) -> dict[str, int]:
+    """Write ``src``'s weights and hyper-parameters, without the optimiser and loop states (Adam keeps two
+    tensors per trained weight: two thirds of a checkpoint trained end to end), to ``dst``: a checkpoint
+    ``rsseg test/predict --ckpt_path`` accept, not one to resume training from. Returns both sizes in bytes."""
+    import torch
+
+    checkpoint = read_checkpoint(src)
+    dst = Path(dst)
+    if dst.resolve() == Path(src).resolve():
+        raise CheckpointError(f"{dst}: the export would overwrite its own checkpoint; choose another --out")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    partial = dst.with_name(dst.name + ".partial")
+    torch.save({k: checkpoint[k] for k in EXPORT_KEYS if k in checkpoint}, partial)
+    partial.replace(dst)  # never a half-written file under the final name
+    return {"checkpoint": Path(src).stat().st_size, "export": dst.stat().st_size}

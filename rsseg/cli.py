@@ -23,7 +23,7 @@ LIGHTNING_COMMANDS = {
     "test": "evaluate on the test split",
     "predict": "predict label maps",
 }
-OWN_COMMANDS = ("prepare", "synth", "bench")
+OWN_COMMANDS = ("prepare", "synth", "bench", "export")
 # Dataset names, written out so that parsing and --help import nothing heavy (tests/test_cli.py pins them to
 # rsseg.data.registry): every dataset has a datamodule and a synthetic twin; these are cut into patches first.
 DATASETS = ("chn6cug", "loveda", "potsdam", "refsegrs", "uavid", "vaihingen")
@@ -64,6 +64,10 @@ def _build_parser() -> argparse.ArgumentParser:
     synth.add_argument("dataset", choices=DATASETS)
     synth.add_argument("dst", help="folder to write")
     synth.add_argument("--seed", type=int, default=0)
+
+    export = sub.add_parser("export", help="write a checkpoint's weights without the optimiser state (to share)")
+    export.add_argument("--ckpt", required=True, help="a Lightning checkpoint written by rsseg fit")
+    export.add_argument("--out", required=True, help="the weights-only file to write (rsseg test/predict take it)")
 
     bench = sub.add_parser(
         "bench", help="train and test every applicable method; write a comparison",
@@ -197,6 +201,12 @@ def _run_command(args: argparse.Namespace) -> int:
             return 2
         preparer(args.src, args.dst, patch_size=args.patch_size, stride=args.stride, workers=args.workers,
                  force=args.force, **optional)
+    elif args.command == "export":
+        from rsseg.checkpoints import export_weights
+
+        sizes = export_weights(args.ckpt, args.out)
+        print(f"wrote {args.out}: {sizes['export'] / 2**20:.1f} MiB (the checkpoint: {sizes['checkpoint'] / 2**20:.1f} "
+              "MiB); test it with rsseg test --config <its config> --ckpt_path " + args.out)
     elif args.command == "synth":
         from rsseg.data.synthetic import write_synthetic
 

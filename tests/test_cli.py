@@ -83,6 +83,26 @@ def test_fit_fast_dev_run_then_test(tiny_potsdam, tmp_path):
     main(["test", *_tiny_args(tiny_potsdam, tmp_path), "--ckpt_path", str(checkpoints[0])])
 
 
+def test_export_keeps_the_weights_and_hyper_parameters_and_rsseg_test_takes_it(tiny_potsdam, tmp_path, capsys):
+    import torch
+
+    main(["fit", *_tiny_args(tiny_potsdam, tmp_path), "--trainer.max_steps", "2", "--trainer.logger", "false"])
+    [trained] = sorted(tmp_path.rglob("last.ckpt"))
+    exported = tmp_path / "shared" / "unet.pt"
+    assert main(["export", "--ckpt", str(trained), "--out", str(exported)]) == 0
+    assert f"wrote {exported}" in capsys.readouterr().out
+    full, light = (torch.load(p, map_location="cpu", weights_only=True) for p in (trained, exported))
+    assert "optimizer_states" in full and set(light) <= {"state_dict", "hyper_parameters", "hparams_name",
+                                                          "pytorch-lightning_version", "epoch", "global_step"}
+    assert light["hyper_parameters"] == full["hyper_parameters"]
+    assert light["state_dict"].keys() == full["state_dict"].keys()
+    assert all(torch.equal(light["state_dict"][k], v) for k, v in full["state_dict"].items())
+    assert exported.stat().st_size < trained.stat().st_size
+    assert main(["test", *_tiny_args(tiny_potsdam, tmp_path), "--ckpt_path", str(exported),
+                 "--trainer.logger", "false"]) == 0
+    assert main(["export", "--ckpt", str(exported), "--out", str(exported)]) == 2  # never overwrites its source
+
+
 def test_fast_dev_run_and_predict(tiny_potsdam, tmp_path):
     main(["fit", *_tiny_args(tiny_potsdam, tmp_path), "--trainer.fast_dev_run", "true"])
     main(["predict", *_tiny_args(tiny_potsdam, tmp_path), "--trainer.fast_dev_run", "true"])
