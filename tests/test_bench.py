@@ -74,7 +74,12 @@ def test_bench_on_synthetic_default(tmp_path, monkeypatch, capsys):
     assert manifest == payload["meta"]["manifest"]
     assert manifest["git"]["commit"] == git_revision()["commit"]
     assert manifest["data_checksum"] == data_checksum(prepared)
-    assert manifest["methods"]["unet"]["config"].endswith("experiments/unet/potsdam.yaml")
+    unet_configs = manifest["methods"]["unet"]["configs"]  # the method's config, then the profile's overrides
+    assert ["/".join(Path(c).parts[-2:]) for c in unet_configs] == [
+        "unet/potsdam.yaml", "unet/smoke.yaml", "smoke/potsdam.yaml"]
+    refined_manifest = manifest["methods"]["idgbr(unet)"]
+    assert [Path(c).name for c in refined_manifest["configs"]] == ["potsdam.yaml", "smoke.yaml"]
+    assert refined_manifest["stage_configs"] and refined_manifest["checkpoint"].endswith(".ckpt")
     assert manifest["methods"]["idgbr(unet)"]["protocol"] == "unetformer"
     runs = {r.name: r for r in offline_runs(run)}
     assert set(runs) == {"unet", "idgbr-label-embedding", "idgbr-vae", "idgbr(unet)", "bench-potsdam-summary"}

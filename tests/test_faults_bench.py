@@ -39,7 +39,7 @@ def strict_json(path: Path):
 
 
 def metrics_row(method: str, config, **extra) -> dict:
-    return {"method": method, "config": str(config), "mIoU": 0.5, "mF1": 0.6, "OA": 0.7, "Kappa": 0.4,
+    return {"method": method, "configs": [str(config)], "mIoU": 0.5, "mF1": 0.6, "OA": 0.7, "Kappa": 0.4,
             "params": 1000, "inference_img_per_s": 2.0, "seed": 42, "protocol": "unetformer", **extra}
 
 

@@ -49,10 +49,12 @@ class BenchPlan:
     label_embedding_configs: tuple[Path, ...] = ()
     refiner_vae: Path | None = None
 
+    def config_files(self, method: str) -> list[Path]:
+        """One method's config files: its config, then the profile's method and dataset overrides."""
+        return [f for f in (self.configs[method], self.method_overrides.get(method), self.overrides) if f]
+
     def config_args(self, method: str) -> list[str]:
-        """``--config`` arguments of one method: its config, then the profile's method and dataset overrides."""
-        files = [self.configs[method], self.method_overrides.get(method), self.overrides]
-        return _config_args(files)
+        return _config_args(self.config_files(method))
 
     def refiner_args(self) -> list[str]:
         return _config_args(self.refiner_configs)

@@ -65,7 +65,9 @@ class RefinerStages:
                 "--data.init_args.data.init_args.protocol", protocol, "--data.init_args.coarse", str(folder),
                 *self.shared_args(protocol), *self.refiner_args]
         row, _, _, samples = fit_and_test(name, args, self.run_dir, self.tracking)
-        return {"method": name, "refines": method, "config": str(self.plan.refiner_configs[0]), **row}, samples
+        stages = [*self.plan.label_embedding_configs, self.plan.refiner_vae]
+        return {"method": name, "refines": method, "configs": [str(f) for f in self.plan.refiner_configs],
+                "stage_configs": [str(f) for f in stages if f], **row}, samples
 
     def shared_args(self, protocol: str) -> list[str]:
         """The refiner's arguments for the label embedding checkpoint and (its network's ``vae``) the VAE,

@@ -39,7 +39,7 @@ def run_method(method: str, config: Path, plan: BenchPlan, root: Path, run_dir: 
     if coarse_maps is not None:
         announce(method, "writing coarse maps for the refiner")
         write_coarse_maps(cli, best, method, coarse_maps)
-    return {"method": method, "config": str(config), **row}, samples
+    return {"method": method, "configs": [str(f) for f in plan.config_files(method)], **row}, samples
 
 
 class BenchFailed(Exception):
@@ -416,10 +416,11 @@ def bench_manifest(plan: BenchPlan, source, rows: list[dict]) -> dict:
 
 
 def manifest_methods(rows: list[dict]) -> dict:
-    """The manifest's record of each run row (reference rows have none): its config, seed, protocol and
-    checkpoint, as far as the run got."""
-    return {row["method"]: {k: row[k] for k in ("config", "seed", "protocol", "checkpoint") if k in row}
-            for row in rows if "config" in row or "failed" in row or "interrupted" in row}
+    """The manifest's record of each run row (reference rows have none): every config file it read (and its
+    stages'), seed, protocol and checkpoint, as far as the run got."""
+    keys = ("configs", "stage_configs", "seed", "protocol", "checkpoint")
+    return {row["method"]: {k: row[k] for k in keys if k in row}
+            for row in rows if "configs" in row or "failed" in row or "interrupted" in row}
 
 
 def qualitative_samples(samples: dict[str, object]) -> dict:

@@ -52,7 +52,9 @@ def fit_and_test(name: str, args: list[str], run_dir: Path, tracking: Tracking, 
         start = time.perf_counter()
         trainer.fit(model, datamodule=data)
         train_seconds = round(time.perf_counter() - start, 2)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        saved = trainer.checkpoint_callback
+        # the ranked checkpoint, else (no validation within the run) the last one: the weights tested
+        best = (saved.best_model_path or saved.last_model_path) if saved else ""
     announce(name, "testing" if evaluate == "test" else "validating")
     run = trainer.test if evaluate == "test" else trainer.validate
     [metrics] = run(model, datamodule=data, ckpt_path=best or None)
