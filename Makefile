@@ -9,10 +9,11 @@ PROFILE ?= smoke
 
 install: $(BIN)/rsseg
 
-$(BIN)/rsseg: pyproject.toml
+# pyproject.toml states version ranges; constraints.txt pins the versions the suite is tested with.
+$(BIN)/rsseg: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
 	@touch $@
 
 test: install
