@@ -146,12 +146,14 @@ class RssegCLI(LightningCLI):
         """rsseg's progress (a bar in a terminal, log lines elsewhere) unless the configuration turns progress
         off or brings its own bar; without a logger (``--trainer.logger false``) the configs' learning-rate
         monitor, which needs one, is left out instead of failing the run."""
-        if config.get("logger") in (False, None, []) and config.get("callbacks"):
+        given = config.get("callbacks") or []
+        config = {**config, "callbacks": given if isinstance(given, list) else [given]}  # one flag gives one object
+        if config.get("logger") in (False, None, []):
             monitors = [c for c in config["callbacks"] if isinstance(c, LearningRateMonitor)]
             if monitors:
                 logger.info("no logger: the learning-rate monitor is left out")
-                config = {**config, "callbacks": [c for c in config["callbacks"] if c not in monitors]}
-        configured = [*(config.get("callbacks") or []), *callbacks, *self.trainer_defaults.get("callbacks", [])]
+                config["callbacks"] = [c for c in config["callbacks"] if c not in monitors]
+        configured = [*config["callbacks"], *callbacks, *self.trainer_defaults.get("callbacks", [])]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             callbacks = [*callbacks, progress_callback()]
         return super()._instantiate_trainer(config, callbacks)
