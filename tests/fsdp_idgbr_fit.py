@@ -24,7 +24,7 @@ from diffusers.models.unets.unet_2d_blocks import (
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.distributed.fsdp import FullyShardedDataParallel
 
-from rsseg.models.idgbr import GuidanceModule
+from rsseg.models.idgbr import GuidanceModule, ReleasedGuidanceModule
 from rsseg.tasks.idgbr import IDGBRTask
 from tests.idgbr_tiny import TINY_DINO, tiny_idgbr_net
 from tests.test_idgbr_task import _RefinementData
@@ -66,7 +66,7 @@ def main(out: Path) -> None:
                           test_per_class_wfm=False, wfm_workers=0)
     task.norms = []
     policy = {CrossAttnDownBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D, CrossAttnUpBlock2D,
-              GuidanceModule}  # docs/multi_gpu.md's policy
+              GuidanceModule, ReleasedGuidanceModule}  # docs/multi_gpu.md's policy
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy=CPUFSDPStrategy(auto_wrap_policy=policy),
                         max_steps=3, limit_val_batches=0, gradient_clip_val=CLIP, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -356,6 +356,24 @@ def test_aligned_classifier_matches_eq_7_to_9_by_hand():
         np.testing.assert_allclose(classifier[b].detach().numpy(), expected_cls, rtol=1e-10)
 
 
+def test_prediction_is_eq10_the_decoder_features_times_the_aligned_classifier():
+    """Y = E × L̂_gᵀ per pixel (Eq. 10) at stride 4, then upsampled (bilinear, align_corners=True) to the input:
+    recomputed by hand from the decoder's E and RAAM's output, captured by hooks."""
+    torch.manual_seed(0)
+    net = DANet(**TINY).eval()
+    captured = {}
+    net.decoder.register_forward_hook(lambda m, i, out: captured.__setitem__("E", out))
+    net.agent_alignment.register_forward_hook(lambda m, i, out: captured.__setitem__("g", out[0]))
+    ids, mask = tokens(2, valid=(12, 7))
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 64, 64), ids, mask)
+    e, g = captured["E"].double(), captured["g"].double()
+    by_hand = torch.stack([(e[b] * g[b][:, None, None]).sum(0) for b in range(2)])[:, None]  # B×1×h×w
+    by_hand = F.interpolate(by_hand, size=(64, 64), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(out.logits.double(), by_hand, rtol=1e-5, atol=1e-5)
+    assert (by_hand[0] - by_hand[1]).abs().max() > 1e-3  # each sentence's own classifier
+
+
 # --- LAVT parts ----------------------------------------------------------------------------------------
 
 

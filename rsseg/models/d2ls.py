@@ -223,6 +223,8 @@ class Modulator(nn.Module):
         self.fuse = _mlp([dim, 2 * dim, num_classes * ratio])
 
     def forward(self, f4: Tensor) -> Tensor:
+        # The released code pools the halves the other way round (first half max, [max, avg]); the same
+        # function up to a permutation of channels, which its converter applies (docs/methods.md §1.7).
         f_avg, f_max = self.proj(f4).chunk(2, dim=1)
         a_avg = self.avg_mlp(f_avg.mean((2, 3)))
         a_max = self.max_mlp(f_max.amax((2, 3)))
@@ -255,7 +257,10 @@ class DictionaryGenerator(nn.Module):
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a B×C×H×W map."""
+    """LayerNorm over the channels of a B×C×H×W map (ε = 1e-6 as the released head's LayerNorm2d)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__(num_channels, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -312,6 +317,12 @@ class D2LS(nn.Module):
         head: ``"interpolate"`` (paper) or ``"pixel_shuffle"`` (released code).
         final_token_attention: the released code's extra dictionary update after the L stages.
         positional_encoding: add random Fourier positions to the image tokens' keys and queries.
+        fold_aggregator: apply Eq. 10's column blocks per stage before the interpolation (same E_0, fewer
+            MACs; see ``Encoder``); False concatenates as the released code (its MAC count, Table 10).
+        backbone_kwargs: extra ``timm.create_model`` arguments (e.g. ``depths``/``dims`` for a tiny ConvNeXt).
+
+    ``rsseg.models.released.d2ls.load_released_checkpoint`` loads the released Lightning checkpoints into
+    the model built with ``head="pixel_shuffle", final_token_attention=True`` (docs/methods.md §1).
     """
 
     def __init__(
@@ -334,6 +345,8 @@ class D2LS(nn.Module):
         head: str = "interpolate",
         final_token_attention: bool = False,
         positional_encoding: bool = True,
+        fold_aggregator: bool = True,
+        backbone_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -347,10 +360,11 @@ class D2LS(nn.Module):
         net = timm.create_model(
             backbone, pretrained=pretrained or backbone_checkpoint is not None, features_only=True,
             out_indices=(0, 1, 2, 3), in_chans=in_channels, drop_path_rate=drop_path_rate, **extra,
+            **(backbone_kwargs or {}),
         )
         if frozen:
             net.requires_grad_(False)
-        self.encoder = Encoder(net, embed_dim, aggregator)
+        self.encoder = Encoder(net, embed_dim, aggregator, fold_aggregator)
         c4 = net.feature_info.channels()[-1]
         self.generator = DictionaryGenerator(
             num_classes, embed_dim, dictionary_ratio,

@@ -9,15 +9,18 @@ The parts, each named after the paper:
   noisy label latent z_t alone;
 * :class:`ConditionalGuidanceNetwork` (§III-C) — a frozen pseudo-siamese copy of the UNet's encoder
   (12 down blocks + mid) applied to c_I = E_I(x) and c_r = E_S(y_r), and L = 13
-  :class:`GuidanceModule` (zero 1×1 convolution, Eq. 8, then cross-attention, Eq. 9–10) whose outputs
-  f_g are added to the UNet's long skip connections and mid block;
+  :class:`GuidanceModule` (zero 1×1 convolution, Eq. 8, then cross-attention, Eq. 9–10; or the released
+  code's :class:`ReleasedGuidanceModule`) whose outputs f_g are added to the UNet's long skip connections
+  and mid block;
 * :func:`sample_timesteps` (uniform or cubic, Eq. 13) and DDIM sampling with classifier-free guidance
   (Algorithm 2) in :meth:`IDGBR.sample`.
 
 The UNet is run in two halves (:func:`unet_encode`, :func:`unet_decode`) so that f_zt is computed once
 per step: the released code runs the UNet encoder twice per step (once for the guidance modules, once
 inside the full forward), and recomputes the frozen condition features at every sampling step; here
-they are computed once per image, and the guided and unguided CFG branches share one encoder pass.
+they are computed once per image, and the guided and unguided CFG branches share one encoder pass. The
+results are the same (tests/test_parity_idgbr.py checks one prediction and a sampling run against the
+released code; docs/methods.md §3.8).
 """
 
 from __future__ import annotations
@@ -176,6 +179,20 @@ def skip_channels(unet) -> list[int]:
     return channels + [widths[-1]]
 
 
+def skip_resolutions(unet) -> list[int]:
+    """Side of the 12 skip features and the mid block for a ``sample_size`` latent (64, …, 8 for SD v1.5),
+    the grids the released guidance modules' positional embeddings are defined on."""
+    cfg = unet.config
+    size, count = cfg.sample_size, len(cfg.block_out_channels)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    layers = cfg.layers_per_block
+    layers = [layers] * count if isinstance(layers, int) else list(layers)
+    sides = [size]
+    for i, n in enumerate(layers):
+        sides += [size >> i] * n + ([size >> (i + 1)] if i < count - 1 else [])
+    return sides + [size >> (count - 1)]
+
+
 # --- conditional guidance network (§III-C) ----------------------------------------------------------
 class GuidanceModule(nn.Module):
     """One conditional guidance module: f' = ZConv([f_zt, f_c]) (Eq. 8), f_g = f' + Attn(f', f_c, f_c)
@@ -183,8 +200,8 @@ class GuidanceModule(nn.Module):
 
     The 1×1 convolution is zero-initialised (the paper's ZConv) and so is the attention's output
     projection, so a fresh module outputs exactly zero and the UNet starts as pretrained. Queries and
-    keys/values are LayerNormed before their projections (the released code's pre-norm; the paper does not
-    say). Attention width and heads: the released code's 512 and 8.
+    keys/values are LayerNormed before their projections (pre-norm; the paper does not say). Attention width
+    and heads: the released code's 512 and 8; its block itself is :class:`ReleasedGuidanceModule`.
     """
 
     def __init__(self, channels: int, width: int = 512, heads: int = 8) -> None:
@@ -212,22 +229,118 @@ class GuidanceModule(nn.Module):
         return fused + self.to_out(attended).transpose(1, 2).reshape(b, c, h, w)  # Eq. 10
 
 
+class QuickGELU(nn.Module):
+    """x·σ(1.702·x), CLIP's GELU approximation (the released attention MLP's activation)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ConditionStreamLayer(nn.Module):
+    """One attention layer of the released guidance module: the condition tokens c are the residual stream,
+    c ← c + MHA(LN(q), LN(c), LN(c)), then c ← c + MLP(LN(c)) (×4, QuickGELU); the queries q (from f') pass
+    through unchanged, so with several layers every one attends from the same q."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.norm_q, self.norm_k, self.norm_v, self.norm_mlp = (nn.LayerNorm(width) for _ in range(4))
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), QuickGELU(), nn.Linear(4 * width, width))
+
+    def forward(self, query: Tensor, cond: Tensor) -> Tensor:
+        cond = cond + self.attn(self.norm_q(query), self.norm_k(cond), self.norm_v(cond), need_weights=False)[0]
+        return cond + self.mlp(self.norm_mlp(cond))
+
+
+class ReleasedGuidanceModule(nn.Module):
+    """The guidance module as the released code builds it (its ``DformerBlock``; docs/methods.md §3.4):
+    f' = ZConv([f_zt, f_c]) (Eq. 8), then f_g = f' + Proj(LN(A)) where A is the output of
+    :class:`ConditionStreamLayer` s run on query tokens LN(W_q f' + P) and condition tokens LN(W_k f_c + P).
+
+    Unlike the paper's Eq. 9–10 (:class:`GuidanceModule`) the attention output is added to the *condition*
+    stream, followed by an MLP, and both token sets get the same learned positional embedding P, defined on
+    the level's ``resolution`` × ``resolution`` grid (the latent of a 512² image) and resized bicubically for
+    other grids. ``zero_conv`` and ``proj`` start at zero, so a fresh module outputs zero while its attention
+    still learns; see :class:`ConditionalGuidanceNetwork` for the released all-zero initialisation.
+    """
+
+    def __init__(self, channels: int, width: int = 512, heads: int = 8, layers: int = 1, resolution: int = 64) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"attention width {width} is not divisible by {heads} heads")
+        self.grid = resolution
+        self.zero_conv = nn.Conv2d(3 * channels, channels, 1)
+        self.to_q = nn.Conv2d(channels, width, 1, bias=False)
+        self.to_k = nn.Conv2d(2 * channels, width, 1, bias=False)
+        self.pos = nn.Parameter(width**-0.5 * torch.randn(resolution * resolution, width))
+        self.norm_q, self.norm_k, self.norm_out = (nn.LayerNorm(width) for _ in range(3))
+        self.layers = nn.ModuleList(ConditionStreamLayer(width, heads) for _ in range(layers))
+        self.proj = nn.Conv2d(width, channels, 1, bias=False)
+        for weight in (self.zero_conv.weight, self.zero_conv.bias, self.proj.weight):
+            nn.init.zeros_(weight)
+
+    def position(self, h: int, w: int) -> Tensor:
+        """P on an h×w grid (HW × width)."""
+        if (h, w) == (self.grid, self.grid):
+            return self.pos
+        grid = self.pos.float().T.reshape(1, -1, self.grid, self.grid)
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+        return grid.flatten(2)[0].T.to(self.pos.dtype)
+
+    def tokens(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:
+        return norm(x.flatten(2).transpose(1, 2) + self.position(*x.shape[-2:]))
+
+    def forward(self, noisy: Tensor, cond: Tensor) -> Tensor:
+        fused = self.zero_conv(torch.cat([noisy, cond], dim=1))  # Eq. 8
+        query = self.tokens(self.to_q(fused), self.norm_q)
+        stream = self.tokens(self.to_k(cond), self.norm_k)
+        for layer in self.layers:
+            stream = layer(query, stream)
+        attended = self.norm_out(stream).transpose(1, 2).reshape(*fused.shape[:1], -1, *fused.shape[2:])
+        return fused + self.proj(attended)
+
+
+GUIDANCE_ATTENTION = ("paper", "released")
+GUIDANCE_INIT = ("zero_out", "released")
+
+
 class ConditionalGuidanceNetwork(nn.Module):
     """The frozen pseudo-siamese UNet encoder (θ_c) and the L = 13 guidance modules.
 
     ``encoder`` is a copy of the denoising UNet taken before fine-tuning, kept frozen, with its decoder
     half removed. Condition features f_c = concat(F(c_I; θ_c), F(c_r; θ_c)) are computed at the fixed
     ``timestep`` (the released code's t = 1; the paper does not say) once per image.
+
+    ``attention``: ``"paper"`` (:class:`GuidanceModule`, Eq. 9–10) or ``"released"``
+    (:class:`ReleasedGuidanceModule`, the released code's block; ``layers`` attention layers each).
+    ``init``: ``"zero_out"`` zeroes only the fusion convolution and the output projection, so the network
+    starts as a no-op but its attention trains; ``"released"`` zeroes *every* parameter as the released code
+    does. Then every LayerNorm gain, every projection and the positional embedding are zero, the attention
+    path outputs zero and gets zero gradient forever, and only the fusion convolution (Eq. 8) ever learns:
+    f_g = ZConv([f_zt, f_c]). That is what produced the paper's numbers, so the reproduction configs choose
+    it; the default keeps the attention the paper describes trainable.
     """
 
-    def __init__(self, unet, width: int = 512, heads: int = 8, timestep: int = 1) -> None:
+    def __init__(self, unet, width: int = 512, heads: int = 8, timestep: int = 1, attention: str = "paper",
+                 layers: int = 1, init: str = "zero_out") -> None:
         super().__init__()
+        if attention not in GUIDANCE_ATTENTION or init not in GUIDANCE_INIT:
+            raise ValueError(f"guidance attention must be one of {GUIDANCE_ATTENTION} and init one of "
+                             f"{GUIDANCE_INIT}, got {attention!r} and {init!r}")
         self.encoder = copy.deepcopy(unet)
         self.encoder.up_blocks = nn.ModuleList()
         self.encoder.conv_norm_out = self.encoder.conv_act = self.encoder.conv_out = None
         self.encoder.requires_grad_(False).eval()
         self.timestep = timestep
-        self.blocks = nn.ModuleList(GuidanceModule(c, width, heads) for c in skip_channels(unet))
+        if attention == "paper":
+            blocks = (GuidanceModule(c, width, heads) for c in skip_channels(unet))
+        else:
+            blocks = (ReleasedGuidanceModule(c, width, heads, layers, r)
+                      for c, r in zip(skip_channels(unet), skip_resolutions(unet), strict=True))
+        self.blocks = nn.ModuleList(blocks)
+        if init == "released":
+            for parameter in self.blocks.parameters():
+                nn.init.zeros_(parameter)
 
     def train(self, mode: bool = True) -> ConditionalGuidanceNetwork:
         super().train(mode)
@@ -256,9 +369,10 @@ def sample_timesteps(batch: int, num_train_timesteps: int = 1000, cubic: bool = 
 
 
 def cubic_timesteps(t: Tensor, num_train_timesteps: int = 1000) -> Tensor:
-    """Eq. 13 applied to integer timesteps ``t``."""
+    """Eq. 13 applied to integer timesteps ``t``, in float32 as the released code computes it: its rounding
+    moves t = 800 to 487 (exact arithmetic: 488), and the released training ran with that map."""
     T = num_train_timesteps
-    return ((1 - (t.double() / T) ** 3) * T).floor().clamp(max=T - 1).long()
+    return ((1 - (t.float() / T) ** 3) * T).clamp(max=T - 1).long()
 
 
 # --- the model ------------------------------------------------------------------------------------------
@@ -277,6 +391,11 @@ class IDGBR(nn.Module):
             ``stabilityai/sd-vae-ft-mse`` or an autoencoder fitted offline; loaded even when not ``pretrained``.
         guidance_width, guidance_heads: attention size of the guidance modules.
         guidance_timestep: the fixed timestep of the pseudo-siamese encoder.
+        guidance_attention, guidance_layers, guidance_init: the guidance modules' form and initialisation,
+            see :class:`ConditionalGuidanceNetwork` (the released code: ``"released"``, 1, ``"released"``).
+        condition_sample: encode the image and the coarse map with a sample of the VAE posterior, as the
+            released code does in training and inference, instead of its mean (the default: deterministic
+            conditions; the posterior's spread is small).
         use_image, use_coarse: Table VIII's guidance switches; a switched-off condition is replaced by a
             zero latent (the released code's ``no_rough`` ablation).
         beta_schedule, beta_start, beta_end, num_train_timesteps: the DDIM noise schedule. Each one left
@@ -303,6 +422,10 @@ class IDGBR(nn.Module):
         guidance_width: int = 512,
         guidance_heads: int = 8,
         guidance_timestep: int = 1,
+        guidance_attention: str = "paper",
+        guidance_layers: int = 1,
+        guidance_init: str = "zero_out",
+        condition_sample: bool = False,
         use_image: bool = True,
         use_coarse: bool = True,
         beta_schedule: str | None = None,
@@ -322,7 +445,9 @@ class IDGBR(nn.Module):
         _check_plain_unet(self.unet)
         self.vae.requires_grad_(False).eval()
         self.register_buffer("context", context, persistent=True)
-        self.guidance = ConditionalGuidanceNetwork(self.unet, guidance_width, guidance_heads, guidance_timestep)
+        self.guidance = ConditionalGuidanceNetwork(self.unet, guidance_width, guidance_heads, guidance_timestep,
+                                                   guidance_attention, guidance_layers, guidance_init)
+        self.condition_sample = condition_sample
         self.label_embedding = label_embedding or LabelEmbedding(num_classes)
         if self.label_embedding.num_classes != num_classes:
             raise ValueError(f"label embedding has {self.label_embedding.num_classes} classes, expected {num_classes}")
@@ -373,8 +498,8 @@ class IDGBR(nn.Module):
 
     def condition(self, image: Tensor, coarse: Tensor) -> list[Tensor]:
         """f_c from the image (VAE range) and the coarse label map, with the ablation switches applied."""
-        image_latent = self.encode_image(image)
-        coarse_latent = self.encode_labels(coarse)
+        image_latent = self.encode_image(image, self.condition_sample)
+        coarse_latent = self.encode_labels(coarse, self.condition_sample)
         if not self.use_image:
             image_latent = torch.zeros_like(image_latent)
         if not self.use_coarse:

@@ -8,15 +8,22 @@ docs/methods.md §2.1), rebuilt here on timm's Swin and transformers' encoders:
   hidden states as word features L_c (B×L×C_t, [CLS] and [SEP] included, padding masked) and the [CLS]
   state as sentence feature L_g. No pooler (LAVT sets ``pooler=None``).
 * **Language-aware Swin**: after every stage's Swin blocks, the pixel-word attention module (PWAM) fuses the
-  words into the pixels — vis = GELU(W_v x); lang = InstanceNorm(W_o · softmax_words(q·kᵀ/√d) v) with
+  words into the pixels — vis = GELU(W_v x); lang = InstanceNorm(W_o · softmax_words(q·kᵀ/√C) v) with
   q = InstanceNorm(W_q x), k/v = W_k/W_v words; mm = GELU(W_m (vis ⊙ lang)) — and a language gate adds
   it back: x ← x + tanh-MLP(mm) ⊙ mm. The stage output given to the decoder is LayerNorm(mm), the
   gated x goes on to the next stage (timm's stages merge patches at their start, so "after the blocks,
   before patch merging" is "after each timm stage").
+* **Swin blocks** run as in the original Swin code LAVT ships (:func:`swin_block`), on timm's modules: the
+  normalised map is padded to whole windows *before* the cyclic shift, the shift mask is built on the
+  padded grid, and every stage keeps its window size and shift however small the map (timm pads after
+  shifting and shrinks windows to small maps; both change the features wherever padding happens, e.g.
+  LAVT's 30² and 15² stages at 480² with window 12). Inputs of any size are padded to whole patches.
 * **Decoder** (``SimpleDecoding``): top-down [F_4 ↑ ⊕ F_3] → 2×(conv3×3 + BN + ReLU), then ⊕ F_2, then
   ⊕ F_1, all at ``hidden`` channels (512), giving E at stride 4; LAVT's fixed 1×1 classifier follows.
 
-Linear layers on token-last tensors stand in for LAVT's 1×1 Conv1d layers (the same maps).
+Linear layers on token-last tensors stand in for LAVT's 1×1 Conv1d layers (the same maps). Parity with the
+released forward pass is pinned by tests/test_parity_lavt.py; its checkpoints load through
+``rsseg.models.released.lavt``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
 from torch import Tensor, nn
 
 DEFAULT_SWIN = "swin_base_patch4_window12_384.ms_in22k"  # LAVT's swin_base_patch4_window12_384_22k.pth
@@ -78,9 +86,11 @@ def _instance_norm(x: Tensor) -> Tensor:
 class PixelWordAttention(nn.Module):
     """PWAM: fuse word features into every pixel; also returns each pixel's activation by the sentence.
 
-    The activation is the attention logit of the pixel's query with the [CLS] token's key (mean over
-    heads): the text-to-visual activation DANet's affinity alignment thresholds (Eq. 2), obtained from
-    projections PWAM already has, so it adds no parameters.
+    The attention logits are q·kᵀ/√C with C the full key width whatever the number of heads (LAVT's code
+    and its paper; with LAVT's one head per stage this is the per-head √d too). The activation is the
+    pixel's query times the [CLS] token's key, per head scaled by √d and averaged over heads: the
+    text-to-visual activation DANet's affinity alignment thresholds (Eq. 2), obtained from projections
+    PWAM already has, so it adds no parameters.
     """
 
     def __init__(self, dim: int, text_dim: int, heads: int = 1, dropout: float = 0.0) -> None:
@@ -103,9 +113,9 @@ class PixelWordAttention(nn.Module):
         q = _instance_norm(self.query(x)).view(b, n, h, d).transpose(1, 2)
         k = (self.key(text.words) * keep).view(b, -1, h, d).transpose(1, 2)
         v = (self.value(text.words) * keep).view(b, -1, h, d).transpose(1, 2)
-        logits = q @ k.transpose(-1, -2) / math.sqrt(d)  # B×h×N×L
-        activation = logits[..., 0].mean(1)
-        logits = logits.masked_fill(~text.mask[:, None, None, :], -1e4)
+        scores = q @ k.transpose(-1, -2)  # B×h×N×L
+        activation = scores[..., 0].mean(1) / math.sqrt(d)
+        logits = (c**-0.5 * scores).masked_fill(~text.mask[:, None, None, :], -1e4)
         lang = (logits.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
         lang = _instance_norm(self.out(lang))
         return self.project_mm(self.vis_project(x) * lang), activation
@@ -116,12 +126,40 @@ def language_gate(dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, dim, bias=False), nn.ReLU(), nn.Linear(dim, dim, bias=False), nn.Tanh())
 
 
+def swin_block(block: SwinTransformerBlock, x: Tensor) -> Tensor:
+    """One Swin block on B×H×W×C as the original Swin code runs it (LAVT's encoder), with timm's modules.
+
+    The normalised map is padded at the bottom/right to whole windows, then cyclically shifted; the shift
+    mask is built on the padded grid (so padded zeros take part in attention as in the original), and the
+    crop follows the reverse shift. timm shifts before padding instead, which moves different tokens into
+    each window wherever a map is not a whole number of windows.
+    """
+    b, h, w, c = x.shape
+    (wh, ww), shift = block.window_size, tuple(block.shift_size)
+    y = F.pad(block.norm1(x), (0, 0, 0, -w % ww, 0, -h % wh))
+    hp, wp = y.shape[1:3]
+    mask = None
+    if any(shift):
+        mask = block.get_attn_mask(y)  # the slices of the padded grid, as the original computes them
+        y = torch.roll(y, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    windows = block.attn(window_partition(y, (wh, ww)).view(-1, wh * ww, c), mask=mask)
+    y = window_reverse(windows.view(-1, wh, ww, c), (wh, ww), hp, wp)
+    if any(shift):
+        y = torch.roll(y, shifts=shift, dims=(1, 2))
+    x = x + block.drop_path1(y[:, :h, :w])
+    return x + block.drop_path2(block.mlp(block.norm2(x)))
+
+
 class LanguageAwareSwin(nn.Module):
     """A timm Swin whose stages are each followed by PWAM and the language gate (LAVT's encoder).
 
-    Returns the four fused, LayerNorm-ed stage outputs F_1..F_4 (B×C_i×H/2^{i+1}×W/2^{i+1}) and each
-    stage's sentence activation (B×h_i×w_i). ``timm_kwargs`` go to ``timm.create_model`` (e.g. a small
-    ``embed_dim``/``depths``/``num_heads``/``window_size`` for tests).
+    Returns the four fused, LayerNorm-ed stage outputs F_1..F_4 (B×C_i×H/2^{i+1}×W/2^{i+1}, sizes rounded
+    up) and each stage's sentence activation (B×h_i×w_i). ``timm_kwargs`` go to ``timm.create_model`` (e.g.
+    a small ``embed_dim``/``depths``/``num_heads``/``window_size`` for tests). The Swin is built with
+    ``always_partition`` (a stage keeps its window and shift on maps smaller than the window, as the
+    original) and accepts any input size (``img_size`` only sizes timm's bookkeeping); its blocks run
+    through :func:`swin_block`. timm's patch merging concatenates the 2×2 neighbours in the original
+    order, so original Swin weights load through timm's ``checkpoint_filter_fn`` unchanged.
     """
 
     def __init__(self, text_dim: int, backbone: str = DEFAULT_SWIN, pretrained: bool = True,
@@ -132,7 +170,8 @@ class LanguageAwareSwin(nn.Module):
 
         extra = {"pretrained_cfg_overlay": {"file": checkpoint}} if checkpoint else {}
         swin = timm.create_model(backbone, pretrained=pretrained or checkpoint is not None, img_size=img_size,
-                                 drop_path_rate=drop_path_rate, num_classes=0, **extra, **timm_kwargs)
+                                 drop_path_rate=drop_path_rate, num_classes=0, always_partition=True,
+                                 strict_img_size=False, **extra, **timm_kwargs)
         if not hasattr(swin, "layers") or not hasattr(swin, "patch_embed"):
             raise ValueError(f"{backbone!r} is not a timm Swin Transformer (no patch_embed/layers)")
         self.patch_embed = swin.patch_embed
@@ -144,12 +183,16 @@ class LanguageAwareSwin(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in self.dims)
 
     def forward(self, image: Tensor, text: TextFeatures) -> tuple[list[Tensor], list[Tensor]]:
+        ph, pw = self.patch_embed.patch_size
+        image = F.pad(image, (0, -image.shape[-1] % pw, 0, -image.shape[-2] % ph))  # whole patches
         x = self.patch_embed(image)  # B×H×W×C (timm Swin is channels-last)
         if self.absolute_pos_embed is not None:
             x = x + self.absolute_pos_embed
         features, activations = [], []
         for stage, fuse, gate, norm in zip(self.stages, self.fusions, self.gates, self.norms, strict=True):
-            x = stage(x)
+            x = stage.downsample(x)  # patch merging of the previous stage's gated x (identity at stage 1)
+            for block in stage.blocks:
+                x = swin_block(block, x)
             b, h, w, c = x.shape
             mm, activation = fuse(x.reshape(b, h * w, c), text)
             x = x + (gate(mm) * mm).view(b, h, w, c)

@@ -323,20 +323,36 @@ def _solve_fista(b: Tensor, a: float, bx: Tensor, by: Tensor, tol: float, atol: 
                            dual_point, tol, atol)
 
 
+def _released_div(px: Tensor, py: Tensor) -> Tensor:
+    """∇ᵀπ summed in the released code's order (x part boundary/interior/boundary, then the y part): the same
+    value as :func:`_grad_t`, but the 100-step bisection schedule amplifies last-bit rounding differences."""
+    out = px.new_zeros(*px.shape[:-1], px.shape[-1] + 1)
+    if px.shape[-1]:  # a one-pixel-wide (or -tall) image has no pairs on that axis
+        out[..., :, 0] += -px[..., :, 0]
+        out[..., :, 1:-1] += px[..., :, :-1] - px[..., :, 1:]
+        out[..., :, -1] += px[..., :, -1]
+    if py.shape[-2]:
+        out[..., 0, :] += -py[..., 0, :]
+        out[..., 1:-1, :] += py[..., :-1, :] - py[..., 1:, :]
+        out[..., -1, :] += py[..., -1, :]
+    return out
+
+
 def _released_prox(v: Tensor, b: Tensor, tau: float, a: float) -> Tensor:
     """prox_{τF}(v) on Δ as the released code solves it: q_k = c·W(exp((v_k + τb_k − c − μ)/c)/c), c = τa, W the
-    Lambert W by Newton steps from log(1 + z), μ by bisection on Σ_k q_k = 1, then renormalised."""
+    Lambert W by Newton steps from log(1 + z) (its 1e-12 guard in the Newton denominator kept), μ by bisection
+    on Σ_k max(q_k, 0) = 1, then renormalised (same operations, same order: float32 rounding as the code)."""
     r = RELEASED
     c = tau * a
     d0 = v + tau * b - c
 
     def q_of(mu: Tensor) -> Tensor:
         z = torch.exp(((d0 - mu) / c).clamp(-r["exp_clamp"], r["exp_clamp"])) / c
-        lw = torch.log1p(z)
+        lw = torch.log(z + 1.0)
         for _ in range(r["newton_steps"]):
             e = torch.exp(lw)
-            lw = lw - (lw * e - z) / (e * (lw + 1.0))
-        return c * lw
+            lw = lw - (lw * e - z) / (e * (lw + 1.0) + 1e-12)
+        return (c * lw).clamp_min(0.0)
 
     lo = d0.amin(1, keepdim=True) - r["bracket"] * c
     hi = d0.amax(1, keepdim=True) + r["bracket"] * c
@@ -345,17 +361,24 @@ def _released_prox(v: Tensor, b: Tensor, tau: float, a: float) -> Tensor:
         above = q_of(mid).sum(1, keepdim=True) > 1.0  # Σq decreases in μ: the root lies above mid
         lo = torch.where(above, mid, lo)
         hi = torch.where(above, hi, mid)
-    q = q_of(0.5 * (lo + hi)).clamp_min(0.0)
-    return q / q.sum(1, keepdim=True)
+    q = q_of(0.5 * (lo + hi))
+    return q / q.sum(1, keepdim=True).clamp_min(1e-12)
 
 
-def _solve_released(b: Tensor, a: float, bx: Tensor, by: Tensor, tol: float, atol: float,
+def _solve_released(p_clip: Tensor, p_dino: Tensor, lambda_clip: float, lambda_dino: float, wx: Tensor,
+                    wy: Tensor, beta: float, b: Tensor, a: float, bx: Tensor, by: Tensor, tol: float, atol: float,
                     dtype: torch.dtype, return_dual: bool) -> tuple[Tensor, CSCPInfo]:
-    """The released PDHG: q⁰ = softmax(b/a), π⁰ = 0, τ = σ = 0.25, θ = 1, 100 steps, no stopping test."""
+    """The released PDHG: q⁰ = softmax(b/a), π⁰ = 0, τ = σ = 0.25, θ = 1, 100 steps, no stopping test.
+
+    Its inputs are prepared in ``dtype`` as the code does (P clamped at 1e-12 and renormalised per pixel,
+    b = λ_C log P_C + λ_D log P_D, bounds β·w); ``b``, ``bx``, ``by`` (float64) serve the certificate."""
     r = RELEASED
     tau, sigma, theta = r["tau"], r["sigma"], r["theta"]
     batch, _, h, w = b.shape
-    bw, bx_w, by_w = b.to(dtype), bx.to(dtype), by.to(dtype)
+    p_clip, p_dino = (p.to(dtype).clamp_min(1e-12) for p in (p_clip, p_dino))
+    p_clip, p_dino = p_clip / p_clip.sum(1, keepdim=True), p_dino / p_dino.sum(1, keepdim=True)
+    bw = lambda_clip * torch.log(p_clip) + lambda_dino * torch.log(p_dino)
+    bx_w, by_w = _edge_bounds(wx, wy, batch, h, w, beta, dtype, b.device)
     q = torch.softmax(bw / a, dim=1)
     q_bar = q
     px = torch.zeros_like(q[..., :, :-1])
@@ -365,7 +388,7 @@ def _solve_released(b: Tensor, a: float, bx: Tensor, by: Tensor, tol: float, ato
         px = torch.minimum(torch.maximum(px + sigma * gx, -bx_w), bx_w)
         py = torch.minimum(torch.maximum(py + sigma * gy, -by_w), by_w)
         q_prev = q
-        q = _released_prox(q - tau * _grad_t(px, py), bw, tau, a)
+        q = _released_prox(q - tau * _released_div(px, py), bw, tau, a)
         q_bar = q + theta * (q - q_prev)
     q64, gap, energy, dual = _certify([q], px, py, b, a, bx, by, with_q_pi=False)  # its own q, its final π
     iterations = torch.full((batch,), r["n_iters"], dtype=torch.long, device=b.device)
@@ -402,12 +425,16 @@ def cscp_solve(p_clip: Tensor, p_dino: Tensor, wx: Tensor, wy: Tensor, lambda_cl
     out_dtype = p_clip.dtype if p_clip.is_floating_point() else torch.float32
     if dtype is None:
         dtype = torch.float64 if (schedule == "fista" and tol < 1e-5 and atol < 1e-6) else torch.float32
-    b = lambda_clip * p_clip.double().log() + lambda_dino * p_dino.double().log()
+    p64 = [p.double() for p in (p_clip, p_dino)]
+    if schedule == "released":  # the code renormalises each pixel itself (clamped maps need not sum to 1)
+        p64 = [p / p.sum(1, keepdim=True) for p in p64]
+    b = lambda_clip * p64[0].log() + lambda_dino * p64[1].log()
     if not torch.isfinite(b).all():
         raise ValueError("p_clip and p_dino must be positive and finite (see as_distribution)")
     bx, by = _edge_bounds(wx, wy, batch, h, w, beta, torch.float64, p_clip.device)
     if schedule == "released":
-        q, info = _solve_released(b, a, bx, by, tol, atol, dtype, return_dual)
+        q, info = _solve_released(p_clip, p_dino, lambda_clip, lambda_dino, wx, wy, beta, b, a, bx, by, tol, atol,
+                                  dtype, return_dual)
     else:
         q, info = _solve_fista(b, a, bx, by, tol, atol, max_iter, check_every, dtype, return_dual)
     return q.to(out_dtype), info

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-ALIGN_MODES = ("grid", "flat")
+ALIGN_MODES = ("grid", "released", "flat")
 GRAPH_FEATURES = ("mean", "last")
 
 
@@ -29,11 +29,15 @@ def grid_resample(scores: torch.Tensor, src: tuple[int, int], dst: tuple[int, in
 def align_attention(attention: torch.Tensor, src: tuple[int, int], dst: tuple[int, int],
                     mode: str = "grid") -> torch.Tensor:
     """Align(·) of Eq. 8–9: a B×n×n attention between the tokens of grid ``src`` as one between those of
-    grid ``dst``. ``"grid"``: both token axes resampled bilinearly as images and scaled by n_src / n_dst so
-    each row keeps its attention mass; ``"flat"``: the released code's bilinear resize of the n×n matrix
-    as a single image (which mixes tokens of neighbouring grid rows), as docs/methods.md §4.5 step 3
-    describes ``CLIP.resample`` ("bilinear resize of the N×N matrix in both axes"); docs/methods.md does not
-    record its ``align_corners``/antialias settings, this uses PyTorch's defaults (False, none)."""
+    grid ``dst`` (docs/methods.md §4).
+
+    * ``"released"``: the released ``CLIP.resample``: the key axis, then the query axis, each resampled
+      bilinearly on its token grid (align_corners False), with no mass correction (rows then sum to about
+      n_dst / n_src of the source's, so the aligned map weighs the other branch by the grids' size ratio).
+    * ``"grid"`` (default): the same, scaled by n_src / n_dst so each row keeps its attention mass.
+    * ``"flat"``: the n×n matrix resized as one image (``resample1`` in the code, defined but not called;
+      it mixes tokens of neighbouring grid rows).
+    """
     if mode not in ALIGN_MODES:
         raise ValueError(f"align mode must be one of {ALIGN_MODES}, got {mode!r}")
     n, m = src[0] * src[1], dst[0] * dst[1]
@@ -45,7 +49,7 @@ def align_attention(attention: torch.Tensor, src: tuple[int, int], dst: tuple[in
     keys = grid_resample(attention.reshape(batch * n, 1, n).transpose(1, 2), src, dst)  # (B·n)×m×1
     keys = keys.reshape(batch, n, m)
     queries = grid_resample(keys, src, dst)  # rows (queries) resampled: B×m×m
-    return queries * (n / m)
+    return queries if mode == "released" else queries * (n / m)
 
 
 def cross_fuse(level_scores: torch.Tensor, own: torch.Tensor, other: torch.Tensor, weight: float = 1.0,
@@ -72,7 +76,10 @@ def graph_features(features: torch.Tensor, which: str = "mean") -> torch.Tensor:
 
 def knn_transition(features: torch.Tensor, k: int = 30, temperature: float = 0.07) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 11–12: T = Norm_row(exp(S_K(F Fᵀ) / τ)) with F ℓ2-normalised and S_K keeping each row's K largest
-    off-diagonal cosine similarities. Returned sparse: neighbour indices and weights, each B×n×K."""
+    off-diagonal cosine similarities. Returned sparse: neighbour indices and weights, each B×n×K. (The
+    released code divides by the row sum + 1e-6; with weights exp(cos/τ) that guard changes them by
+    1e-6 / Σ exp(cos/τ), < 1e-6 relative whenever a row's nearest neighbour has cosine ≥ 0, and is left
+    out; docs/methods.md §4.8.)"""
     unit = F.normalize(features.float(), dim=-1)
     similarity = unit @ unit.transpose(1, 2)
     similarity.diagonal(dim1=1, dim2=2).fill_(float("-inf"))

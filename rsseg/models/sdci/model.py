@@ -33,6 +33,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DINO_MEAN = (0.485, 0.456, 0.406)  # DINO and DINOv2 take ImageNet-normalised images
 DINO_STD = (0.229, 0.224, 0.225)
 SCORE_NORMALISATIONS = ("released", "presence")
+CLIP_RESIZES = ("torch", "pil")
 
 
 @contextlib.contextmanager
@@ -50,18 +51,35 @@ def _timed(record: dict | None, stage: str, device: torch.device):
     record[stage] = record.get(stage, 0.0) + time.perf_counter() - start
 
 
+def _pil_bicubic(image: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """The released preprocessing's resize: each [0, 1] image as 8-bit RGB, PIL bicubic to ``size`` (H, W),
+    back to [0, 1] (what ``ToTensor`` gives)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = (image.detach() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = [np.array(Image.fromarray(tile).resize((size[1], size[0]), Image.Resampling.BICUBIC)) for tile in pixels]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(image.device, image.dtype) / 255
+
+
 class SDCI(nn.Module):
     """The whole SDCI pipeline (frozen, inference only).
 
     Args:
         clip_model, clip_pretrained: open_clip model name and tag or local file (``None``: random weights);
-            ``clip_config`` builds a CLIP from a config instead (small models for tests).
-        clip_size: short side CLIP sees, rounded to a multiple of its patch (512 → 518, 37 × 37 tokens).
+            ``clip_config`` builds a CLIP from a config instead (small models for tests). ``clip_quick_gelu``:
+            QuickGELU as OpenAI's weights need (None: exactly for ``clip_pretrained="openai"``; set it True
+            for OpenAI weights loaded by ``rsseg.models.released.sdci.load_released_checkpoint``).
+        clip_size: short side CLIP sees, rounded half up to a multiple of its patch as the code (512 → 518,
+            37 × 37 tokens). ``clip_resize``: ``"torch"`` (bicubic on the float image) or ``"pil"`` (the
+            code's PIL bicubic on the 8-bit image, rounded back to 8 bits; on the CPU).
         dino_version: ``"v2"`` (DINOv2 ViT-B/14 with registers, 532² input; SDCI-v2) or ``"v1"`` (DINO
             ViT-B/8, 384²; SDCI-v1); ``dino_model`` (hub id or folder), ``dino_pretrained``, ``dino_config``
             and ``dino_size`` override the version's defaults.
         attention_fusion: Eq. 4–5 as the paper (``"paper"``) or the code's Sinkhorn variant (``"released"``).
-        align: Align(·) of Eq. 8–9: ``"grid"`` (both token grids resampled) or ``"flat"`` (the code).
+        align: Align(·) of Eq. 8–9: ``"grid"`` (both token axes resampled, row mass kept), ``"released"``
+            (the code's ``CLIP.resample``: both token axes resampled, no mass correction) or ``"flat"`` (the
+            n×n matrix resized as one image: the code's unused ``resample1``); docs/methods.md §4.
         caf_weight: λ₁ of Eq. 8–9 (0: no cross injection). ``last_threshold``: the code's zeroing of last-level
             scores below this share of their class maximum (0: off; the paper is silent).
         logit_scale: CLIP's temperature for the zero-shot scores (the code's 50).
@@ -83,7 +101,9 @@ class SDCI(nn.Module):
         clip_model: str = "ViT-L-14",
         clip_pretrained: str | None = "openai",
         clip_config: dict | None = None,
+        clip_quick_gelu: bool | None = None,
         clip_size: int = 512,
+        clip_resize: str = "torch",
         dino_version: str = "v2",
         dino_model: str | None = None,
         dino_pretrained: bool = True,
@@ -113,11 +133,13 @@ class SDCI(nn.Module):
             raise ValueError(f"score_normalization must be one of {SCORE_NORMALISATIONS}, "
                              f"got {score_normalization!r}")
         default_dino, default_size = DINO_VERSIONS[dino_version]
-        self.clip = load_clip(clip_model, clip_pretrained, clip_config).requires_grad_(False)
+        self.clip = load_clip(clip_model, clip_pretrained, clip_config, clip_quick_gelu).requires_grad_(False)
         self.tokenizer = clip_tokenizer(clip_model)
         self.semantic = SemanticBranch(self.clip, attention_fusion)
         self.structural = StructuralBranch(load_dino(dino_model or default_dino, dino_pretrained, dino_config))
-        self.clip_size, self.dino_size = clip_size, dino_size or default_size
+        if clip_resize not in CLIP_RESIZES:
+            raise ValueError(f"clip_resize must be one of {CLIP_RESIZES}, got {clip_resize!r}")
+        self.clip_size, self.dino_size, self.clip_resize = clip_size, dino_size or default_size, clip_resize
         self.align, self.caf_weight, self.last_threshold = align, caf_weight, last_threshold
         self.logit_scale = logit_scale
         self.knn, self.temperature, self.graph_features = knn, temperature, graph_features
@@ -147,8 +169,11 @@ class SDCI(nn.Module):
     def _clip_input(self, image: torch.Tensor) -> torch.Tensor:
         patch = self.semantic.patch_size
         scale = self.clip_size / min(image.shape[-2:])
-        size = [max(1, round(s * scale / patch)) * patch for s in image.shape[-2:]]
-        resized = F.interpolate(image, size=size, mode="bicubic", align_corners=False)
+        size = [max(1, int(s * scale / patch + 0.5)) * patch for s in image.shape[-2:]]  # half up, as the code
+        if self.clip_resize == "pil":
+            resized = _pil_bicubic(image, size)
+        else:
+            resized = F.interpolate(image, size=size, mode="bicubic", align_corners=False)
         return (resized - self.clip_mean) / self.clip_std
 
     def _dino_input(self, image: torch.Tensor) -> torch.Tensor:
@@ -177,7 +202,8 @@ class SDCI(nn.Module):
         return out
 
     def _cross_fusion(self, semantic: dict, structural: dict) -> dict:
-        """Zero-shot scores of every level and Eq. 8–9; presence = each class's maximum fused score."""
+        """Zero-shot scores of every level and Eq. 8–9; presence = each class's maximum fused score (BCDR
+        replaces it by the maximum on the grid it diffuses on, as the code)."""
         clip_grid, dino_grid = semantic["grid"], structural["grid"]
         clip_levels = zero_shot_scores(semantic["features"], self.text, self.num_outputs, self.logit_scale)
         dino_levels = zero_shot_scores(structural["features"], self.text, self.num_outputs, self.logit_scale)
@@ -192,7 +218,9 @@ class SDCI(nn.Module):
 
     def _diffuse(self, out: dict, semantic: dict, structural: dict) -> None:
         """BCDR in place on CAF's ``out``: Eq. 13, CLIP's scores walk DINO's structural graph (on DINO's
-        grid); Eq. 14, DINO's scores walk CLIP's semantic graph (on CLIP's grid)."""
+        grid); Eq. 14, DINO's scores walk CLIP's semantic graph (on CLIP's grid). Each branch's presence is
+        the maximum of its CAF scores resampled onto that grid, before diffusion (the code's
+        ``seg_matched.amax``; the paper is silent)."""
         clip_grid, dino_grid = semantic["grid"], structural["grid"]
         clip_graph = knn_transition(graph_features(semantic["features"], self.graph_features), self.knn,
                                     self.temperature)
@@ -202,7 +230,9 @@ class SDCI(nn.Module):
         for branch, graph, src, dst in (("clip", dino_graph, clip_grid, dino_grid),
                                         ("dino", clip_graph, dino_grid, clip_grid)):
             indices, weights = graph
-            start = grid_resample(out[branch], src, dst).to(dtype)
+            start = grid_resample(out[branch], src, dst)
+            out[f"{branch}_presence"] = start.amax(1)
+            start = start.to(dtype)
             out[branch] = diffuse(start, indices, weights.to(dtype), self.alpha, self.diffusion_steps).float()
         out["clip_grid"], out["dino_grid"] = dino_grid, clip_grid
 
@@ -211,11 +241,11 @@ class SDCI(nn.Module):
         """Token scores B×hw×K → B×K×H×W maps in [0, 1] for CSCP (see ``score_normalization``)."""
         maps = F.interpolate(scores.transpose(1, 2).unflatten(-1, grid), size=size, mode="bilinear",
                              align_corners=False)
-        tiny = torch.finfo(maps.dtype).tiny
-        maps = maps / maps.amax((-2, -1), keepdim=True).clamp_min(tiny) * presence[..., None, None]
+        # the code's guards: + 1e-5 (ovs/main.py) and + 1e-6 (util/miou.py cam_to_label); docs/methods.md §4
+        maps = maps / (maps.amax((-2, -1), keepdim=True) + 1e-5) * presence[..., None, None]
         if self.score_normalization == "released":
-            low = maps.amin((-2, -1), keepdim=True)
-            maps = (maps - low) / (maps.amax((-2, -1), keepdim=True) - low).clamp_min(tiny)
+            maps = maps - maps.amin((-2, -1), keepdim=True)
+            maps = maps / (maps.amax((-2, -1), keepdim=True) + 1e-6)
         return maps * (presence > self.class_threshold)[..., None, None]
 
     @torch.no_grad()

@@ -24,16 +24,23 @@ from torch import nn
 ATTENTION_FUSIONS = ("paper", "released")
 
 
-def load_clip(model_name: str = "ViT-L-14", pretrained: str | None = "openai", config: dict | None = None) -> nn.Module:
+def load_clip(model_name: str = "ViT-L-14", pretrained: str | None = "openai", config: dict | None = None,
+              quick_gelu: bool | None = None) -> nn.Module:
     """An open_clip CLIP model: ``model_name`` with ``pretrained`` (an open_clip tag such as ``"openai"``
     or a local checkpoint file; None = random weights), or a CLIP built from ``config`` (``embed_dim``,
-    ``vision_cfg``, ``text_cfg``: small random models for tests). Returned in eval mode."""
+    ``vision_cfg``, ``text_cfg``: small random models for tests). Returned in eval mode.
+
+    ``quick_gelu``: OpenAI's CLIP weights were trained with QuickGELU (the released SDCI loads them through
+    ``clip.load``); open_clip's ``ViT-L-14`` config uses nn.GELU unless forced. None = QuickGELU exactly when
+    ``pretrained == "openai"`` (for ``config``: the config's own ``quick_gelu``)."""
     import open_clip
 
     if config is not None:
+        config = dict(config) if quick_gelu is None else {**config, "quick_gelu": quick_gelu}
         model = open_clip.model.CLIP(**config)
     else:
-        model = open_clip.create_model(model_name, pretrained=pretrained)
+        force = pretrained == "openai" if quick_gelu is None else quick_gelu
+        model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=force)
     return model.eval()
 
 
