@@ -419,3 +419,76 @@ def test_lavt_weighted_cross_entropy_on_one_logit_equals_torch_two_class_ce():
     assert float(ReferringLoss("lavt_ce").mask_term(z, target)) == pytest.approx(float(expected), rel=1e-6)
     assert float(ReferringLoss("bce").mask_term(z, target)) == pytest.approx(
         float(F.binary_cross_entropy_with_logits(z, target.float())), rel=1e-6)
+
+
+# --- LAVT's training recipe: BERT layers 0…N-1 only, LAVT's weight-decay groups --------------------
+
+
+def test_text_train_layers_trains_only_the_first_layers_as_lavt():
+    """LAVT's train.py optimises BERT's encoder.layer[0:10] and nothing else of BERT: with 3 layers and
+    train_layers 2, the embeddings and layer 2 must stay fixed through a step, layers 0-1 must move."""
+    torch.manual_seed(0)
+    task = tiny_task(text_config={**TINY_BERT, "num_hidden_layers": 3}, text_train_layers=2)
+    bert = task.net.text_encoder.model
+    trainable = {n for n, p in bert.named_parameters() if p.requires_grad}
+    first_two = ("encoder.layer.0.", "encoder.layer.1.")
+    assert trainable and trainable == {n for n, _ in bert.named_parameters() if n.startswith(first_two)}
+    optimizer = torch.optim.AdamW([g for g in _groups(task) if g["params"]], lr=1e-2)
+    before = {n: p.detach().clone() for n, p in bert.named_parameters()}
+    ids, mask = tokens(2)
+    out = task.net(torch.randn(2, 3, 64, 64), ids, mask)
+    out.logits.mean().backward()
+    optimizer.step()
+    moved = {n for n, p in bert.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and moved <= trainable
+    assert not any(n.startswith(("embeddings.", "encoder.layer.2.")) for n in moved)
+    assert task.train().net.text_encoder.model.training  # dropout stays on as in LAVT (unlike text_frozen)
+
+
+def test_text_train_layers_errors():
+    with pytest.raises(ValueError, match="exclude each other"):
+        TextEncoder("x", pretrained=False, config=TINY_BERT, frozen=True, train_layers=1)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        TextEncoder("x", pretrained=False, config=TINY_BERT, train_layers=2)
+
+
+def _groups(task: DANetTask) -> list[dict]:
+    """The optimiser's parameter groups (no trainer: the schedule is not built)."""
+    from unittest import mock
+
+    with (mock.patch("rsseg.tasks.danet.with_schedule", lambda optimizer, *a: optimizer),
+          mock.patch.object(DANetTask, "trainer", new_callable=mock.PropertyMock, return_value=None)):
+        return task.configure_optimizers().param_groups
+
+
+def _decay_by_name(task: DANetTask) -> dict[str, float]:
+    names = {id(p): n for n, p in task.named_parameters()}
+    return {names[id(p)]: g["weight_decay"] for g in _groups(task) for p in g["params"]}
+
+
+def test_lavt_parameter_groups_follow_lavt_train_py():
+    """LAVT decays every parameter except the visual backbone's (Swin + PWAMs + gates) norm weights/biases
+    and position tables; rsseg's default also spares every other bias and the decoder's BatchNorms."""
+    net = functools.partial(DANet, **{**TINY, "agent_alignment": False})
+    lavt = _decay_by_name(DANetTask(net=net, affinity_alignment=False, param_groups="lavt", weight_decay=0.05))
+    rsseg = _decay_by_name(DANetTask(net=net, affinity_alignment=False, weight_decay=0.05))
+    assert lavt.keys() == rsseg.keys()
+    checks = {  # name fragment → (LAVT's weight decay, rsseg's)
+        "net.encoder.stages.0.blocks.0.norm1.weight": (0.0, 0.0),
+        "net.encoder.stages.0.blocks.0.attn.relative_position_bias_table": (0.0, 0.0),
+        "net.encoder.stages.0.blocks.0.attn.qkv.bias": (0.05, 0.0),
+        "net.encoder.stages.0.blocks.0.attn.qkv.weight": (0.05, 0.05),
+        "net.encoder.stages.1.downsample.norm.bias": (0.0, 0.0),
+        "net.encoder.norms.3.weight": (0.0, 0.0),  # LAVT's norm3 on the stage output
+        "net.encoder.fusions.0.query.bias": (0.05, 0.0),
+        "net.decoder.fuse.0.1.weight": (0.05, 0.0),  # a BatchNorm of the decoder (LAVT's classifier group)
+        "net.classifier.bias": (0.05, 0.0),
+        "net.text_encoder.model.embeddings.LayerNorm.weight": (0.05, 0.0),
+    }
+    for name, expected in checks.items():
+        assert (lavt[name], rsseg[name]) == expected, name
+    encoder_norms = {n for n in lavt if n.startswith("net.encoder.") and "norm" in n}
+    assert encoder_norms and all(lavt[n] == 0.0 for n in encoder_norms)
+    assert all(lavt[n] == 0.05 for n in lavt if not n.startswith("net.encoder."))
+    with pytest.raises(ValueError, match="param_groups"):
+        DANetTask(net=functools.partial(DANet, **TINY), param_groups="mmseg")

@@ -226,6 +226,8 @@ class DANet(nn.Module):
         text_encoder: transformers hub id or local folder (default ``bert-base-uncased``).
         text_pretrained: load its weights; ``text_config`` builds a random one from a config dict instead.
         text_frozen: keep the text encoder fixed (LAVT and DANet fine-tune it; an option for small runs).
+        text_train_layers: train only the text encoder's first N layers, embeddings and the rest frozen
+            (LAVT's released training: 10 of BERT-base's 12); None trains all of it.
         pwam_heads: heads of each PWAM (LAVT: 1).
         decoder_channels: width of the top-down decoder and so of E and L̂_g (LAVT: 512).
         agent_alignment: RAAM + Eq. 10 classifier (True) or LAVT's fixed 1×1 classifier (False).
@@ -244,6 +246,7 @@ class DANet(nn.Module):
         text_pretrained: bool = True,
         text_config: dict | None = None,
         text_frozen: bool = False,
+        text_train_layers: int | None = None,
         pwam_heads: int = 1,
         decoder_channels: int = 512,
         agent_alignment: bool = True,
@@ -253,7 +256,8 @@ class DANet(nn.Module):
         agent_ffn_dim: int = 2048,
     ) -> None:
         super().__init__()
-        self.text_encoder = TextEncoder(text_encoder, text_pretrained, text_config, text_frozen)
+        self.text_encoder = TextEncoder(text_encoder, text_pretrained, text_config, text_frozen,
+                                        text_train_layers)
         self.encoder = LanguageAwareSwin(
             self.text_encoder.dim, backbone, pretrained, backbone_checkpoint, img_size, drop_path_rate,
             pwam_heads, **(backbone_kwargs or {}),

@@ -54,11 +54,13 @@ class TextEncoder(nn.Module):
     the same architecture randomly initialised from its config, or from ``config`` (a dict with
     ``model_type`` and the config's fields, e.g. a tiny BERT for tests) when given. Packaged offline
     copies of hub ids are used when installed (:mod:`rsseg.pretrained`). ``frozen`` keeps its weights fixed
-    (and dropout off): not LAVT's setting, a cheaper option for small runs.
+    (and dropout off): not LAVT's setting, a cheaper option for small runs. ``train_layers=N`` trains only
+    the first N transformer layers and freezes the embeddings and the layers above: LAVT's ``train.py``
+    optimises ``encoder.layer[0:10]`` of BERT-base and nothing else of it (dropout stays on, as there).
     """
 
     def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER, pretrained: bool = True,
-                 config: dict | None = None, frozen: bool = False) -> None:
+                 config: dict | None = None, frozen: bool = False, train_layers: int | None = None) -> None:
         super().__init__()
         from rsseg.pretrained import load_transformers_model
 
@@ -68,7 +70,23 @@ class TextEncoder(nn.Module):
         self.dim = self.model.config.hidden_size
         self.frozen = frozen
         if frozen:
+            if train_layers is not None:
+                raise ValueError("text encoder: frozen and train_layers exclude each other; set one of them")
             self.model.requires_grad_(False)
+        elif train_layers is not None:
+            self._train_first_layers(train_layers)
+
+    def _train_first_layers(self, count: int) -> None:
+        """Freeze the embeddings and every transformer layer from ``count`` on (LAVT: count 10 of 12)."""
+        layers = getattr(getattr(self.model, "encoder", None), "layer", None)
+        if layers is None:
+            raise ValueError(f"text encoder {type(self.model).__name__}: train_layers needs a BERT-style "
+                             "encoder.layer list")
+        if not 0 <= count <= len(layers):
+            raise ValueError(f"text encoder: train_layers must be in [0, {len(layers)}], got {count}")
+        self.model.requires_grad_(False)
+        for layer in layers[:count]:
+            layer.requires_grad_(True)
 
     def train(self, mode: bool = True) -> TextEncoder:
         return super().train(mode and not self.frozen)  # a frozen encoder keeps dropout off

@@ -80,9 +80,21 @@ class ReferringLoss(nn.Module):
         return terms
 
 
-def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
-    """Norm weights, biases and Swin's position tables train without weight decay (LAVT's groups)."""
-    return param.ndim <= 1 or "relative_position_bias_table" in name or "absolute_pos_embed" in name
+PARAM_GROUPS = ("rsseg", "lavt")
+_POSITION_TABLES = ("relative_position_bias_table", "absolute_pos_embed")
+
+
+def _no_weight_decay(name: str, param: nn.Parameter, rule: str) -> bool:
+    """Whether a parameter (named from the task) trains without weight decay.
+
+    ``rsseg``: every norm weight and bias (ndim ≤ 1) and Swin's position tables. ``lavt``: LAVT's
+    ``train.py`` groups, where only the visual backbone (Swin with its PWAMs and gates: ``net.encoder``)
+    has a no-decay group, for names containing ``norm`` and the position tables; every other bias, the
+    decoder's BatchNorms and the text layers decay.
+    """
+    if rule == "rsseg":
+        return param.ndim <= 1 or any(table in name for table in _POSITION_TABLES)
+    return name.startswith("net.encoder.") and ("norm" in name or any(t in name for t in _POSITION_TABLES))
 
 
 class DANetTask(LightningModule):
@@ -94,8 +106,10 @@ class DANetTask(LightningModule):
     :class:`ReferringLoss`'s. ``net.init_args.agent_alignment`` and ``affinity_alignment`` give the paper's
     Table 3 rows; both off is the LAVT baseline. Defaults are the paper's (§4.2): AdamW lr 5e-4, batch 16
     (the datamodule's), λ_af = 0.5, K = 32, α = 0.8, stages {F_2, F_3, F_4}; weight decay 0.01 and the poly
-    schedule (power 0.9, per step) are LAVT's. The tokenizer is the datamodule's: it must match
-    the network's ``text_encoder``.
+    schedule (power 0.9, per step) are LAVT's. ``param_groups`` chooses which parameters train without
+    weight decay: ``rsseg`` (every norm and bias, and the position tables) or ``lavt`` (LAVT's ``train.py``
+    groups, see :func:`_no_weight_decay`); LAVT's BERT layers are chosen by the network's
+    ``text_train_layers``. The tokenizer is the datamodule's: it must match the network's ``text_encoder``.
 
     Evaluation: :class:`rsseg.metrics.ReferringMetrics` on ``mask`` (480² under the LAVT protocol) as
     ``val/…`` and ``test/…``; when the batch also holds ``mask_native`` (datamodule ``native_masks=True``)
@@ -120,6 +134,7 @@ class DANetTask(LightningModule):
         weight_decay: float = 0.01,
         scheduler: str = "poly",
         warmup_steps: int = 0,
+        param_groups: str = "rsseg",
         thresholds: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9),
     ) -> None:
         super().__init__()
@@ -127,6 +142,8 @@ class DANetTask(LightningModule):
             raise ValueError(f"referring segmentation is binary (target/background); got num_classes={num_classes}")
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
+        if param_groups not in PARAM_GROUPS:
+            raise ValueError(f"unknown param_groups {param_groups!r}; choose one of {PARAM_GROUPS}")
         self.save_hyperparameters()
         self.hparams["net"] = network_spec(self.hparams["net"], 0)  # the config form, never a pickled callable
         self.net = network_factory(net, DANet)()
@@ -200,9 +217,12 @@ class DANetTask(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]  # frozen text layers stay out
+        rule = hp.get("param_groups", "rsseg")
+        no_decay = [_no_weight_decay(n, p, rule) for n, p in named]
         groups = [
-            {"params": [p for n, p in named if not _no_weight_decay(n, p)], "weight_decay": hp.weight_decay},
-            {"params": [p for n, p in named if _no_weight_decay(n, p)], "weight_decay": 0.0},
+            {"params": [p for (_, p), nd in zip(named, no_decay, strict=True) if not nd],
+             "weight_decay": hp.weight_decay},
+            {"params": [p for (_, p), nd in zip(named, no_decay, strict=True) if nd], "weight_decay": 0.0},
         ]
         return with_schedule(torch.optim.AdamW(groups, lr=hp.lr), hp.scheduler, hp.warmup_steps, self.trainer)
