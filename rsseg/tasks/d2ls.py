@@ -64,6 +64,11 @@ class D2LSTask(SegmentationTask):
     ``num_stages``, ``branches``, …); loss arguments are :class:`D2LSLoss`'s. Defaults are the paper's: AdamW,
     lr 1e-4, weight decay 0.01, cosine schedule (per step here; the released code steps per epoch), L = 3,
     C' = 256. Validation and test losses are the dynamic branch's CE + Dice.
+
+    Validation, test and predict, test-time augmentation included (``inference_tta``, ``inference_scales``;
+    ``docs/inference.md``), score :meth:`rsseg.models.D2LS.forward`: the dynamic branch's logits. The
+    released LoveDA test script's "d4" is ``inference_tta: hflip`` with ``inference_scales: [0.75, 1.0,
+    1.25, 1.5]`` (bicubic).
     """
 
     network_class = D2LS

@@ -22,6 +22,7 @@ from rsseg.checkpoints import read_checkpoint
 from rsseg.models.idgbr import IDGBR, LabelEmbedding, sample_timesteps
 from rsseg.models.repa import DEFAULT_DINO, DinoPatchFeatures, RepaProjector, repa_loss
 from rsseg.models.sliding_window import sliding_window_logits
+from rsseg.models.tta import uses_tta
 from rsseg.tasks.segmentation import SegmentationTask, data_statistics, with_schedule
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,11 @@ class IDGBRTask(SegmentationTask):
 
     Ignored ground-truth pixels (255) take the coarse map's class in the diffusion target, since a latent
     target cannot skip pixels; the metrics still ignore them.
+
+    Test-time augmentation (``inference_tta``, ``inference_scales``) is refused: it is not part of the
+    method, and the refiner's inference (DDIM sampling conditioned on the coarse map, :meth:`refine_logits`)
+    does not go through :meth:`SegmentationTask.predict_logits`. The coarse maps it refines may come from a
+    model evaluated with TTA (``rsseg predict`` with CoarseMapWriter records its settings).
     """
 
     network_class = IDGBR
@@ -194,6 +200,10 @@ class IDGBRTask(SegmentationTask):
     ) -> None:
         if vae_input not in VAE_INPUTS:
             raise ValueError(f"vae_input must be one of {VAE_INPUTS}, got {vae_input!r}")
+        if uses_tta(task_kwargs.get("inference_tta", "none"), task_kwargs.get("inference_scales", (1.0,))):
+            raise ValueError("IDGBR does not support test-time augmentation (not part of the method; its DDIM "
+                             "sampling does not go through predict_logits): leave inference_tta 'none' and "
+                             "inference_scales [1.0]")
         self._label_embedding_path = label_embedding
         self._allow_untrained_label_embedding = allow_untrained_label_embedding
         super().__init__(net=net, lr=lr, weight_decay=weight_decay, scheduler=scheduler,

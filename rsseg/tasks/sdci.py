@@ -11,6 +11,7 @@ import torch
 from rsseg.data.core.spec import IGNORE_INDEX
 from rsseg.models.sdci.model import SDCI
 from rsseg.models.sdci.prompts import load_prompts
+from rsseg.models.tta import DEFAULT_INTERPOLATION
 from rsseg.tasks.segmentation import SegmentationTask
 
 
@@ -34,6 +35,10 @@ class SDCITask(SegmentationTask):
             are not scored) or ``"predict"`` (a class like the others, as SegEarth-OV counts it).
         class_names: the dataset's class names in label order; taken from the datamodule's spec when None.
         inference_window: 512, the paper's full-image size; larger inputs go through sliding windows.
+        inference_tta, inference_scales, inference_scale_interpolation: test-time augmentation as in
+            :class:`SegmentationTask` (SDCI's scores go through the same ``predict_logits``, and its
+            network resizes every view to its CLIP/DINO input sizes). Not part of the method: the paper
+            reports single passes, the default.
         net: :class:`rsseg.models.sdci.model.SDCI` and its arguments (paper defaults), built with ``net()``.
     """
 
@@ -53,6 +58,9 @@ class SDCITask(SegmentationTask):
         inference_window: int | None = 512,
         inference_overlap: int = 0,
         inference_blend: str = "gaussian",
+        inference_tta: str = "none",
+        inference_scales: tuple[float, ...] = (1.0,),
+        inference_scale_interpolation: str = DEFAULT_INTERPOLATION,
         test_per_class_wfm: bool = True,
         wfm_workers: int = 2,
         wfm_device: str = "cpu",
@@ -63,6 +71,8 @@ class SDCITask(SegmentationTask):
         super().__init__(net=net, num_classes=num_classes, ignore_index=ignore_index,
                          exclude_from_mean=exclude_from_mean, inference_window=inference_window,
                          inference_overlap=inference_overlap, inference_blend=inference_blend,
+                         inference_tta=inference_tta, inference_scales=inference_scales,
+                         inference_scale_interpolation=inference_scale_interpolation,
                          test_per_class_wfm=test_per_class_wfm, wfm_workers=wfm_workers, wfm_device=wfm_device,
                          test_boundary_wfm=test_boundary_wfm, scheduler="none")
         self.table = None  # the prompt table, read for the dataset's classes in setup

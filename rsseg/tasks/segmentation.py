@@ -23,6 +23,7 @@ from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rsseg.metrics import BoundaryWFMeasure, SegmentationMetrics
 from rsseg.models.baselines import SMPNet
 from rsseg.models.sliding_window import sliding_window_logits
+from rsseg.models.tta import DEFAULT_INTERPOLATION, check_tta, tta_logits
 from rsseg.tasks.net import NetFactory, network_factory, network_spec
 
 LOSSES = ("ce", "ce+dice")
@@ -94,6 +95,15 @@ class SegmentationTask(LightningModule):
         inference_blend: ``"gaussian"`` (centre-weighted) or ``"uniform"`` blending of overlaps.
         inference_batch: windows × images per forward pass of sliding-window inference (None: the batch
             size, one window per image); larger batches keep small models and many-window inputs busy.
+        inference_tta: test-time augmentation of validation, test and predict (:mod:`rsseg.models.tta`,
+            ``docs/inference.md``): ``"none"``, ``"hflip"`` (identity + horizontal flip), ``"lr"`` (GeoSeg's
+            ``-t lr``: identity, h, v and h+v flips) or ``"d4"`` (all eight flips × 90° rotations); the
+            de-augmented logits are averaged.
+        inference_scales: input scales of the TTA views (each > 0; ``[1.0]``: none); every scale runs every
+            transform, so a pass costs len(transforms) × len(scales) predictions (each windowed if large).
+        inference_scale_interpolation: how views are resized for scales ≠ 1, the input by s and its logits
+            back by 1/s as ttach does (``"bicubic"``, what GeoSeg and D2LS pass to ttach; ``"bilinear"``,
+            ``"nearest"``, ``"area"``).
         test_per_class_wfm: add per-class weighted F-measure (``WFm/<class>``, ``mWFm``) to the test
             metrics; computed in ``wfm_workers`` background threads while inference goes on.
         wfm_device: ``"cpu"`` (numpy/OpenCV in those threads) or ``"same"`` (batched torch on the
@@ -121,6 +131,9 @@ class SegmentationTask(LightningModule):
         inference_overlap: int = 0,
         inference_blend: str = "gaussian",
         inference_batch: int | None = None,
+        inference_tta: str = "none",
+        inference_scales: tuple[float, ...] = (1.0,),
+        inference_scale_interpolation: str = DEFAULT_INTERPOLATION,
         test_per_class_wfm: bool = True,
         wfm_workers: int = 2,
         wfm_device: str = "cpu",
@@ -131,6 +144,7 @@ class SegmentationTask(LightningModule):
             raise ValueError(f"num_classes must be ≥ 2 (got {num_classes}); set model.init_args.num_classes")
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
+        check_tta(inference_tta, inference_scales, inference_scale_interpolation)
         if net is None:
             raise ValueError("net must be set: the network to train, e.g. net: {class_path: rsseg.models.D2LS}")
         self.save_hyperparameters()
@@ -196,16 +210,28 @@ class SegmentationTask(LightningModule):
         return self.net(image)
 
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits at the input's size; sliding windows when the input exceeds ``inference_window``.
+        """Logits at the input's size, averaged over the test-time augmentations (``inference_tta``,
+        ``inference_scales``; one plain pass by default); sliding windows for views larger than
+        ``inference_window``.
 
         A uint8 input is a whole tile (``eval_whole_tiles``): each window is normalised on the device
         with the datamodule's statistics and logits accumulate on the CPU, so no float32 copy of the
-        whole tile is ever made on the accelerator.
+        whole tile is ever made on the accelerator. Flips and rotations keep such a tile uint8; a scale
+        ≠ 1 resizes it on the CPU into a float32 copy in its 0–255 range (4·C·H·W·s² bytes of host memory),
+        normalised window by window like the tile itself: the statistics do not change.
         """
-        window = self.hparams.inference_window
+        hp = self.hparams
         preprocess = None if image.is_floating_point() else self._normaliser()
+        return tta_logits(lambda view: self._view_logits(view, preprocess), image, hp.inference_tta,
+                          hp.inference_scales, hp.inference_scale_interpolation)
+
+    def _view_logits(self, image: torch.Tensor,
+                     preprocess: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+        """Logits of one (augmented) view: one forward pass, or sliding windows when it exceeds the window;
+        ``preprocess`` is the original input's (a resized uint8 tile is float but not yet normalised)."""
+        window = self.hparams.inference_window
         if window is None or max(image.shape[-2:]) <= window:
-            return self(preprocess(image) if preprocess else image)
+            return self(preprocess(image.to(self.device)) if preprocess else image)
         return sliding_window_logits(self, image, window, self.hparams.inference_overlap,
                                      batch_size=self.window_batch(image), blend=self.hparams.inference_blend,
                                      preprocess=preprocess, accumulate_device="cpu" if preprocess else None)
