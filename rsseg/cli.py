@@ -26,7 +26,7 @@ LIGHTNING_COMMANDS = {
 OWN_COMMANDS = ("prepare", "synth", "bench", "export")
 # Dataset names, written out so that parsing and --help import nothing heavy (tests/test_cli.py pins them to
 # rsseg.data.registry): every dataset has a datamodule and a synthetic twin; these are cut into patches first.
-DATASETS = ("chn6cug", "loveda", "potsdam", "refsegrs", "uavid", "vaihingen")
+DATASETS = ("chn6cug", "loveda", "potsdam", "refsegrs", "rrsisd", "uavid", "vaihingen")
 PREPARED_DATASETS = ("potsdam", "uavid", "vaihingen")
 
 

@@ -20,10 +20,12 @@ from lightning.pytorch.cli import LightningCLI
 import rsseg.data  # noqa: F401  (short class names in configs)
 import rsseg.tasks  # noqa: F401
 from rsseg.checkpoints import CheckpointError, names_a_file, read_checkpoint, reconcile_hparams
+from rsseg.data.core.prepare import is_synthetic_root
 from rsseg.errors import original_message
 from rsseg.legacy import convert_legacy_hparams
+from rsseg.paper_numbers import compare_test_metrics
 from rsseg.progress import progress_callback
-from rsseg.tracking import RecordedConfig, WandbEvaluationLogger, default_logger
+from rsseg.tracking import RecordedConfig, WandbEvaluationLogger, dataset_name, default_logger, method_name
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +129,22 @@ class RssegCLI(LightningCLI):
             if self._ckpt_report is None or "state_dict" not in str(error):
                 raise
             raise self._checkpoint_error(error, "its weights do not fit the configured model") from error
+
+    def after_test(self) -> None:
+        """On real data, the test metrics beside the paper's (``experiments/paper_numbers.yaml``): printed, and
+        logged as ``test/paper/<m>`` and ``test/diff/<m>`` (so the W&B summary holds them)."""
+        data = self.datamodule
+        root = getattr(data, "root", None)
+        if root is None or is_synthetic_root(root):
+            return
+        columns, lines = compare_test_metrics(method_name(self.model), dataset_name(data) or "",
+                                              getattr(data, "protocol", None), self.trainer.callback_metrics)
+        if not columns:
+            return
+        if self.trainer.is_global_zero:
+            print("\n".join(lines), flush=True)
+        for run_logger in self.trainer.loggers:
+            run_logger.log_metrics(columns)
 
     def _checkpoint_error(self, error: Exception, what: str) -> CheckpointError:
         """``error`` as a CheckpointError naming the checkpoint and the settings that differ from it."""

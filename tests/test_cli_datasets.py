@@ -1,6 +1,7 @@
 """`rsseg fit` and evaluation through the CLI on every semantic dataset's synthetic twin.
 
-RefSegRS (referring) needs a referring method, which arrives with DANet; its datamodule is tested alone.
+RefSegRS and RRSIS-D (referring) need a referring method (DANet/LAVT); their datamodules are tested alone
+(tests/test_refsegrs_data.py, tests/test_rrsisd_data.py) and run through `rsseg bench`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def tiny_synthetic_root(dataset: str, tmp_path: Path) -> Path:
 
 
 def test_every_semantic_dataset_is_covered():
-    assert set(TINY_SYNTH) == set(DATAMODULES) - {"refsegrs"} == set(SYNTHESIZERS) - {"refsegrs"}
+    referring = {"refsegrs", "rrsisd"}
+    assert set(TINY_SYNTH) == set(DATAMODULES) - referring == set(SYNTHESIZERS) - referring
 
 
 @pytest.mark.parametrize("dataset", sorted(TINY_SYNTH))

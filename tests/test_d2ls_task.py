@@ -156,3 +156,17 @@ def test_evaluation_loss_is_ce_plus_dice_under_the_cli(tiny_potsdam, capsys):
     assert yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["loss"] == "ce+dice"
     assert D2LSTask(net={"class_path": "rsseg.models.D2LS", "init_args": {"backbone": "convnext_atto",
                     "pretrained": False}}, num_classes=6).criterion.kind == "ce+dice"
+
+
+def test_vaihingen_print_config_shows_the_paper_recipe(capsys):
+    """Issue 21's acceptance: the Vaihingen config prints GeoSeg's training recipe and the D2LS README's d4 TTA."""
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(REPO / "experiments/d2ls/vaihingen.yaml"), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    data, model = config["data"]["init_args"], config["model"]["init_args"]
+    assert data["train_transforms"][0] == {"recipe": "random_scale", "scales": [0.5, 0.75, 1.0, 1.25, 1.5]}
+    assert data["train_transforms"][1:] == ["smart_crop", {"recipe": "rot90", "p": 0.5}, "flips"]
+    assert (data["crop_size"], data["mosaic_ratio"]) == (512, 0.25)
+    assert (model["inference_tta"], model["inference_scales"], model["inference_scale_interpolation"]) == (
+        "d4", [0.5, 0.75, 1.0, 1.25, 1.5], "bicubic")
+    assert model["net"]["init_args"]["num_stages"] == 2 and config["trainer"]["max_epochs"] == 105

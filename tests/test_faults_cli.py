@@ -99,16 +99,30 @@ def test_weights_only_false_is_refused(tiny_potsdam, tmp_path, capsys):
     assert "--weights_only false would unpickle the checkpoint" in _error_lines(capsys)[0]
 
 
+def _refuses_globals(node: ast.ClassDef) -> bool:
+    """A ``pickle.Unpickler`` subclass is safe only if its ``find_class`` does nothing but raise."""
+    for item in node.body:
+        if isinstance(item, ast.FunctionDef) and item.name == "find_class":
+            body = [s for s in item.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+            return len(body) == 1 and isinstance(body[0], ast.Raise)
+    return False
+
+
 def _unsafe_loads(source: str) -> list[str]:
-    """Calls in ``source`` that can unpickle: torch.load without weights_only=True, pickle loads, allow_pickle."""
+    """Calls in ``source`` that can unpickle: torch.load without weights_only=True, pickle loads, allow_pickle,
+    an unrestricted ``pickle.Unpickler``; and Unpickler subclasses whose ``find_class`` does not just raise."""
     found = []
     for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and "pickle.Unpickler" in map(ast.unparse, node.bases):
+            if not _refuses_globals(node):
+                found.append(f"line {node.lineno}: class {node.name}(pickle.Unpickler): find_class does not refuse")
+            continue
         if not isinstance(node, ast.Call):
             continue
         name = ast.unparse(node.func)
         keywords = {k.arg: k.value for k in node.keywords}
         safe_torch = isinstance(keywords.get("weights_only"), ast.Constant) and keywords["weights_only"].value is True
-        if (name == "torch.load" and not safe_torch) or name in ("pickle.load", "pickle.loads") or (
+        if (name == "torch.load" and not safe_torch) or name in ("pickle.load", "pickle.loads", "pickle.Unpickler") or (
                 isinstance(keywords.get("allow_pickle"), ast.Constant) and keywords["allow_pickle"].value is True):
             found.append(f"line {node.lineno}: {ast.unparse(node)}")
     return found
@@ -119,6 +133,12 @@ def test_package_never_unpickles():
     assert _unsafe_loads("x = torch.load(p, weights_only=False)\ny = torch.load(p)\nz = np.load(p, allow_pickle=True)"
                          "\nok = torch.load(p, map_location='cpu', weights_only=True)") == [
         "line 1: torch.load(p, weights_only=False)", "line 2: torch.load(p)", "line 3: np.load(p, allow_pickle=True)"]
+    restricted = ("class P(pickle.Unpickler):\n    def find_class(self, module, name):\n        'No globals.'\n"
+                  "        raise DataError(name)\nx = P(f).load()")
+    permissive = "class Q(pickle.Unpickler):\n    def find_class(self, module, name):\n        return print\n"
+    assert _unsafe_loads(restricted) == []
+    assert _unsafe_loads(permissive + "y = pickle.Unpickler(f).load()") == [
+        "line 1: class Q(pickle.Unpickler): find_class does not refuse", "line 4: pickle.Unpickler(f)"]
     offenders = {str(path.relative_to(REPO)): hits for path in sorted((REPO / "rsseg").rglob("*.py"))
                  if (hits := _unsafe_loads(path.read_text()))}
     assert offenders == {}

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from rsseg.data.synthetic.files import write_text_atomically
+from rsseg.paper_numbers import comparison_lines
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
                  *(_fmt_plain(row.get(k)) for k in COST_COLUMNS[1:])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"{'†' * (i + 1)} {note}" for i, note in enumerate(notes)] if notes else []
+    lines += comparison_lines(rows)
     write_text_atomically(run_dir / "results.md", "\n".join(lines) + "\n")
 
 

@@ -24,6 +24,7 @@ from rsseg.bench.summary import log_summary_run
 from rsseg.data.synthetic.files import write_text_atomically
 from rsseg.errors import original_message
 from rsseg.manifest import data_checksum, run_manifest
+from rsseg.paper_numbers import with_paper_columns
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def prepared_protocol(root: Path) -> list[str]:
 
 
 # Datasets scored per (image, expression) with the referring metrics; every other dataset is semantic.
-REFERRING_DATASETS = frozenset({"refsegrs"})
+REFERRING_DATASETS = frozenset({"refsegrs", "rrsisd"})
 
 
 def bench_task(dataset: str) -> str:
@@ -262,7 +263,9 @@ class Progress:
     failed: list[str] = field(default_factory=list)
 
     def add(self, row: dict) -> None:
-        """Record a run's row (no longer pending) and write the tables."""
+        """Record a run's row (no longer pending), with the paper's numbers on real data, and write the tables."""
+        if not self.meta.get("synthetic"):
+            row = with_paper_columns(row, self.meta["dataset"])
         self.rows.append(row)
         self.skip(row["method"])
         if row.get("failed"):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rsseg.bench.plan import PlanError
 from rsseg.data.core.errors import DataError
+from rsseg.data.core.prepare import is_synthetic_root
 from rsseg.data.registry import PREPARERS, SYNTHESIZERS
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def resolve_prepared_root(dataset: str, data_root: str | None, cache: Path, prep
     if not root.exists():
         raise DataError(f"data root {root} (from {given_by}) does not exist: give the folder of the {dataset} "
                         "release or of a prepared root, or neither --data-root nor $DATA_ROOT for synthetic data")
+    synthetic = synthetic or is_synthetic_root(root)  # a twin written by `rsseg synth` and given as the root
     if dataset not in PREPARERS or (root / "manifest.json").is_file():
         return DataSource(prepared=root, raw=None, synthetic=synthetic)
     tag = "synthetic" if synthetic else root.resolve().name

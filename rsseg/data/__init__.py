@@ -6,7 +6,8 @@ Layout:
   source walking, protocol lookup, the preparation machinery, sample transforms, the loader base
   (``core.datamodule.BaseDataModule``) and prepared roots (``core.prepared.PreparedRootDataModule``).
 * ``datasets/``: one module (or package) per dataset. Potsdam, Vaihingen (sharing ``datasets/isprs/``)
-  and UAVid are prepared into patches first; LoveDA, RefSegRS and CHN6-CUG are read as released.
+  and UAVid are prepared into patches first; LoveDA, RefSegRS, RRSIS-D and
+  CHN6-CUG are read as released (the referring ones share ``datasets/referring.py``).
 * ``submissions/``: the LoveDA and UAVid test-server writers (prediction callbacks).
 * ``refinement/``: IDGBR's coarse label maps (writer and datamodule) and random label maps.
 * ``synthetic/``: synthetic copies of each dataset in its official layout.
@@ -21,6 +22,7 @@ from rsseg.data.datasets.chn6cug import CHN6CUGDataModule, CHN6CUGDataset
 from rsseg.data.datasets.loveda import LoveDADataModule, LoveDADataset
 from rsseg.data.datasets.potsdam import PotsdamDataModule, PotsdamDataset, prepare_potsdam
 from rsseg.data.datasets.refsegrs import RefSegRSDataModule, RefSegRSDataset
+from rsseg.data.datasets.rrsisd import RRSISDDataModule, RRSISDDataset
 from rsseg.data.datasets.uavid.datamodule import UAVidDataModule, UAVidDataset
 from rsseg.data.datasets.uavid.prepare import prepare_uavid
 from rsseg.data.datasets.vaihingen import VaihingenDataModule, VaihingenDataset, prepare_vaihingen
@@ -48,6 +50,8 @@ __all__ = [
     "RandomLabelMapDataModule",
     "RefSegRSDataModule",
     "RefSegRSDataset",
+    "RRSISDDataModule",
+    "RRSISDDataset",
     "UAVidDataModule",
     "UAVidDataset",
     "UAVidSubmissionWriter",

@@ -6,6 +6,7 @@ from rsseg.data.datasets.chn6cug import CHN6CUGDataModule
 from rsseg.data.datasets.loveda import LoveDADataModule
 from rsseg.data.datasets.potsdam import PotsdamDataModule, prepare_potsdam
 from rsseg.data.datasets.refsegrs import RefSegRSDataModule
+from rsseg.data.datasets.rrsisd import RRSISDDataModule
 from rsseg.data.datasets.uavid.datamodule import UAVidDataModule
 from rsseg.data.datasets.uavid.prepare import prepare_uavid
 from rsseg.data.datasets.vaihingen import VaihingenDataModule, prepare_vaihingen
@@ -16,6 +17,7 @@ DATAMODULES = {
     "loveda": LoveDADataModule,
     "potsdam": PotsdamDataModule,
     "refsegrs": RefSegRSDataModule,
+    "rrsisd": RRSISDDataModule,
     "uavid": UAVidDataModule,
     "vaihingen": VaihingenDataModule,
 }

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import albumentations as A
 import lightning
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from rsseg.data.core.augment import NADIR_DEFAULT, build_train_transform, check_mosaic_ratio, resolve_steps
 from rsseg.data.core.errors import DataError
 from rsseg.data.core.spec import DatasetSpec
 from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, seed_augmentation
@@ -33,9 +35,20 @@ class BaseDataModule(lightning.LightningDataModule):
     dataloader during fit. ``predict_split`` (default "test") is the split ``predict`` runs over, without
     the training transform; ``checked_predict_split`` makes a split the dataset does not have a DataError.
     Under DDP, val/test/predict loaders shard without padding, so every sample is counted exactly once.
+
+    Training augmentation (docs/augmentation.md): ``train_transforms`` is a list of steps for
+    ``rsseg.data.core.augment.build_train_transform`` (recipe names such as ``random_scale``,
+    ``smart_crop``, ``default``; ``{recipe: …, <parameter>: …}``; albumentations transforms as dicts);
+    None keeps the dataset's default ``default_train_steps`` (a random ``crop_size`` crop, then flips and
+    rot90 if ``augment``). ``mosaic_ratio`` in [0, 1] is the probability that a training sample becomes
+    GeoSeg's 4-image mosaic before those steps run. Both are checked here: a bad step or ratio is a
+    ValueError at construction, not at the first batch. A subclass whose samples forbid them sets
+    ``fixed_augmentation`` to the reason, and either option is then a ValueError giving it.
     """
 
     default_protocol: ClassVar[str] = ""
+    default_train_steps: ClassVar[tuple[str, ...]] = NADIR_DEFAULT
+    fixed_augmentation: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -49,6 +62,8 @@ class BaseDataModule(lightning.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         predict_split: str = "test",
+        train_transforms: list[Any] | None = None,
+        mosaic_ratio: float = 0.0,
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -65,6 +80,11 @@ class BaseDataModule(lightning.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.predict_split = predict_split
+        self.train_transforms = train_transforms
+        self.mosaic_ratio = check_mosaic_ratio(mosaic_ratio)
+        if self.fixed_augmentation and (train_transforms is not None or self.mosaic_ratio > 0):
+            raise ValueError(f"{type(self).__name__} takes neither train_transforms nor mosaic_ratio: "
+                             f"{self.fixed_augmentation}")
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD  # what the task needs to normalise uint8 tiles
         self.spec: DatasetSpec = self.make_spec(self.protocol)
         self.num_classes: int = self.spec.num_classes
@@ -72,6 +92,14 @@ class BaseDataModule(lightning.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
         self.predict_dataset: Dataset | None = None
+        # a bad step fails now, not at the first batch; resolving draws no random number
+        resolve_steps(train_transforms, crop_size, augment, self.spec.ignore_index, self.default_train_steps)
+
+    def train_transform(self) -> A.Compose | None:
+        """The seeded training pipeline: ``train_transforms``, or the dataset's default when None."""
+        return build_train_transform(
+            self.train_transforms, self.crop_size, self.augment, self.spec.ignore_index, self.default_train_steps
+        )
 
     def make_spec(self, protocol: str) -> DatasetSpec:
         """The dataset's label and metric convention under ``protocol``."""

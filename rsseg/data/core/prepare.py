@@ -44,6 +44,7 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1  # bump when the prepared layout changes; older roots are then refused, not replaced
 #                      (their file lists cannot be checked): users remove them by hand
 PARTIAL_MARKER = ".partial-"
+SYNTHETIC_MARKER = "rsseg-synthetic.json"  # what ``rsseg synth`` leaves in the folders it writes
 GENERATOR = "rsseg"  # the manifest's mark: only folders holding it (and only its files) are ever replaced
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -167,6 +168,19 @@ def read_manifest(root: str | Path) -> dict[str, Any] | None:
         ) from error
 
 
+def is_synthetic_root(root: str | Path) -> bool:
+    """Whether ``root`` holds rsseg's synthetic data: written by ``rsseg synth`` (its marker file), or prepared
+    from such a folder (the manifest says so). Nothing synthetic may be compared with a paper's numbers."""
+    root = Path(root)
+    if (root / SYNTHETIC_MARKER).is_file():
+        return True
+    try:
+        manifest = read_manifest(root)
+    except DataError:
+        return False
+    return bool(manifest and manifest.get("synthetic_source"))
+
+
 def prepare_once(
     dst: str | Path,
     *,
@@ -176,6 +190,7 @@ def prepare_once(
     build: Callable[[Path], dict[str, Any]],
     force: bool = False,
     expected_bytes: int | None = None,
+    synthetic_source: bool = False,
 ) -> dict[str, Any]:
     """Build ``dst`` with ``build(tmp_dir)`` unless an identical preparation is already there.
 
@@ -184,6 +199,7 @@ def prepare_once(
     stored in the file. An existing ``dst`` is replaced only when it is a prepared root this code wrote
     and holds nothing but the files its manifest lists: ``force`` never deletes anything else.
     ``expected_bytes`` (an estimate of the prepared size) is checked against the free space first.
+    ``synthetic_source`` (the source is ``rsseg synth``'s) is recorded in the manifest (``is_synthetic_root``).
     """
     dst = absolute_destination(dst)
     _warn_about_leftovers(dst)
@@ -194,7 +210,7 @@ def prepare_once(
             return {**existing, "already_prepared": True}
         _require_only_listed_files(dst, existing)
     _check_free_space(dst, expected_bytes)
-    manifest = _build_into_place(dst, dataset, parameters, sources, build)
+    manifest = _build_into_place(dst, dataset, parameters, sources, build, synthetic_source)
     logger.info("prepared %s into %s", dataset, dst)
     return {**manifest, "already_prepared": False}
 
@@ -403,6 +419,7 @@ def _build_into_place(
     parameters: dict[str, Any],
     sources: list[dict[str, Any]],
     build: Callable[[Path], dict[str, Any]],
+    synthetic_source: bool = False,
 ) -> dict[str, Any]:
     """Build into a temporary sibling, write the manifest, swap it in; on failure leave no partial folder.
 
@@ -422,6 +439,7 @@ def _build_into_place(
             "rsseg_version": rsseg.__version__,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "parameters": parameters,
+            "synthetic_source": synthetic_source,
             **{key: value for key, value in content.items() if key not in ("patches", "files")},
             "sources": sources,
             "patches": content.get("patches", {}),

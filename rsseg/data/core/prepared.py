@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from rsseg.data.core.augment import MosaicMixin, check_mosaic_ratio
 from rsseg.data.core.datamodule import BaseDataModule
 from rsseg.data.core.errors import DataError
 from rsseg.data.core.io import RAW_FILE_FIX, read_image
 from rsseg.data.core.prepare import MANIFEST_FORMAT, MANIFEST_NAME, read_manifest
 from rsseg.data.core.spec import IGNORE_INDEX, DatasetSpec
-from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise, train_transform
+from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +62,13 @@ def rebuild_command(root: Path, manifest: dict[str, Any], dataset: str = "") -> 
     return f"rsseg prepare {manifest.get('dataset') or dataset} --src {source} --dst {root} --force"
 
 
-class PreparedPatchDataset(Dataset):
+class PreparedPatchDataset(MosaicMixin, Dataset):
     """One split of a prepared root: sample = ``{"image", "mask", "meta"}`` (docs/architecture.md, the batch contract).
 
     ``meta`` describes the stored patch: ``id``, ``tile``, its origin ``y``/``x`` in the tile, the valid
     (unpadded) ``height``/``width`` inside the patch and the tile size. Under a random crop it still
-    describes the patch the crop came from.
+    describes the patch the crop came from; with ``mosaic_ratio > 0`` it describes the patch at the
+    mosaic's top-left and adds ``mosaic``/``mosaic_ids`` (``augment.MosaicMixin``).
     """
 
     dataset_name: ClassVar[str] = ""
@@ -80,10 +82,12 @@ class PreparedPatchDataset(Dataset):
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         manifest: dict[str, Any] | None = None,
+        mosaic_ratio: float = 0.0,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.transform = transform
+        self.mosaic_ratio = check_mosaic_ratio(mosaic_ratio)
         self.mean, self.std = mean, std
         manifest = manifest or open_prepared_root(self.root, self.dataset_name, self.display_name)
         if split not in manifest["patches"]:
@@ -122,8 +126,8 @@ class PreparedPatchDataset(Dataset):
             f"root {self.root}, which must be rebuilt: `{self.rebuild_command}`"
         )
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        entry = self.patches[index]
+    def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored image (H×W×C) and mask (H×W) of patch ``index``, checked to match."""
         image_path, mask_path = self.image_path(index), self.mask_path(index)
         image, mask = self.read_patch(image_path, index), self.read_patch(mask_path, index)
         if image.ndim != 3:
@@ -136,17 +140,22 @@ class PreparedPatchDataset(Dataset):
                 f"size mismatch: {image_path} is {image.shape[0]}×{image.shape[1]} but "
                 f"{mask_path} is {mask.shape[0]}×{mask.shape[1]}",
             )
+        return image, mask
+
+    def sample_meta(self, index: int) -> dict[str, Any]:
+        """``meta`` of patch ``index`` (from the manifest)."""
+        entry = self.patches[index]
+        return {key: entry[key] for key in ("id", "tile", "y", "x", "height", "width", "tile_height", "tile_width")}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask, mosaic_meta = self.training_pair(index)
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        meta = {
-            key: entry[key]
-            for key in ("id", "tile", "y", "x", "height", "width", "tile_height", "tile_width")
-        }
         return {
             "image": normalise(image, self.mean, self.std),
             "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
-            "meta": meta,
+            "meta": {**self.sample_meta(index), **mosaic_meta},
         }
 
 
@@ -244,15 +253,16 @@ class PreparedRootDataModule(BaseDataModule):
             self._log_splits(manifest)
         return self.manifest
 
-    def _dataset(self, split: str, transform: A.Compose | None = None) -> PreparedPatchDataset:
-        return self.dataset_class(self.root, split, transform=transform, manifest=self.load_manifest())
+    def _dataset(
+        self, split: str, transform: A.Compose | None = None, mosaic_ratio: float = 0.0
+    ) -> PreparedPatchDataset:
+        return self.dataset_class(self.root, split, transform, manifest=self.load_manifest(),
+                                  mosaic_ratio=mosaic_ratio)
 
     def setup(self, stage: str | None = None) -> None:
         splits = self.load_manifest()["patches"]
         if stage in ("fit", None):
-            self.train_dataset = self._dataset(
-                "train", train_transform(self.crop_size, self.augment, self.spec.ignore_index)
-            )
+            self.train_dataset = self._dataset("train", self.train_transform(), self.mosaic_ratio)
         if stage in ("fit", "validate", None):
             if "val" in splits:
                 self.val_dataset = self._dataset("val")

@@ -1,19 +1,16 @@
-"""Sample transforms every dataset shares: ImageNet statistics, normalisation, the default training
-augmentation and its seeding (reproducible under ``seed_everything``, distinct per DataLoader worker).
+"""Sample transforms every dataset shares: ImageNet statistics, normalisation and the seeding of the
+training augmentation (reproducible under ``seed_everything``, distinct per DataLoader worker); the
+training pipelines themselves are built by ``augment.build_train_transform``.
 
 Samples stay uint8 through the albumentations transforms and are normalised last, so augmentation is
-cheap and masks are never interpolated.
+cheap and masks are only ever resized nearest-neighbour.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import albumentations as A
 import numpy as np
 import torch
-
-from rsseg.data.core.spec import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,19 +24,7 @@ def normalise(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]
     return tensor.sub_(mean_t).div_(std_t)
 
 
-def train_transform(
-    crop_size: int | None, augment: bool = True, ignore_index: int = IGNORE_INDEX
-) -> A.Compose | None:
-    """Random crop (padding images with 0 and masks with ignore), then flips and rot90 if ``augment``."""
-    steps: list[Any] = []
-    if crop_size is not None:
-        steps.append(A.RandomCrop(crop_size, crop_size, pad_if_needed=True, fill=0, fill_mask=ignore_index))
-    if augment:
-        steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
-    return seeded_compose(steps) if steps else None
-
-
-def seeded_compose(steps: list[Any]) -> A.Compose:
+def seeded_compose(steps: list[A.BasicTransform]) -> A.Compose:
     """``A.Compose(steps)`` seeded from torch's generator, so ``seed_everything`` makes augmentation
     reproducible (albumentations otherwise seeds its own generator from the OS)."""
     return A.Compose(steps, seed=int(torch.randint(2**31 - 1, ()).item()))

@@ -36,11 +36,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rsseg.data.core.augment import MosaicMixin, check_mosaic_ratio
 from rsseg.data.core.datamodule import BaseDataModule
 from rsseg.data.core.errors import DataError
 from rsseg.data.core.io import read_image
 from rsseg.data.core.spec import IGNORE_INDEX, DatasetSpec
-from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise, train_transform
+from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise
 
 logger = logging.getLogger(__name__)
 
@@ -149,12 +150,13 @@ def protocol_splits(
     return splits
 
 
-class CHN6CUGDataset(Dataset):
+class CHN6CUGDataset(MosaicMixin, Dataset):
     """Image/mask pairs of one CHN6-CUG split: sample = ``{"image", "mask", "meta"}`` (docs/architecture.md,
     the batch contract).
 
     ``pairs`` is ``{id: (image, mask)}`` as from ``find_pairs``/``protocol_splits``; without it the whole
-    official ``folder`` (``"train"`` or ``"val"``) is used. ``meta`` holds ``id``, ``height``, ``width``.
+    official ``folder`` (``"train"`` or ``"val"``) is used. ``meta`` holds ``id``, ``height``, ``width``
+    (and ``mosaic``/``mosaic_ids`` with ``mosaic_ratio > 0``: ``augment.MosaicMixin``).
     """
 
     def __init__(
@@ -165,6 +167,7 @@ class CHN6CUGDataset(Dataset):
         transform: A.Compose | None = None,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
+        mosaic_ratio: float = 0.0,
     ) -> None:
         if folder not in FOLDERS:
             raise ValueError(f"folder must be one of {FOLDERS}, got {folder!r}")
@@ -176,6 +179,7 @@ class CHN6CUGDataset(Dataset):
         self.pairs = pairs
         self.transform = transform
         self.mean, self.std = mean, std
+        self.mosaic_ratio = check_mosaic_ratio(mosaic_ratio)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -184,19 +188,22 @@ class CHN6CUGDataset(Dataset):
         """``meta["id"]`` of sample ``index``, known without reading it (to find files named after it)."""
         return self.ids[index]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        tile = self.ids[index]
-        image_path, mask_path = self.pairs[tile]
+    def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """RGB image (H×W×3) and binary road mask (H×W) of tile ``index``."""
+        image_path, mask_path = self.pairs[self.ids[index]]
         image = read_image(image_path)
         if image.ndim != 3 or image.shape[2] < 3:
             raise DataError(f"{image_path}: expected an RGB image, got shape {image.shape}")
-        image = image[..., :3]
         mask = binarise_mask(read_image(mask_path), ROAD_THRESHOLD)
         if image.shape[:2] != mask.shape:
             raise DataError(
                 f"size mismatch: {image_path} is {image.shape[0]}×{image.shape[1]} but "
                 f"{mask_path} is {mask.shape[0]}×{mask.shape[1]}"
             )
+        return image[..., :3], mask
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask, mosaic_meta = self.training_pair(index)
         height, width = mask.shape
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
@@ -204,7 +211,7 @@ class CHN6CUGDataset(Dataset):
         return {
             "image": normalise(image, self.mean, self.std),
             "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
-            "meta": {"id": tile, "height": height, "width": width},
+            "meta": {"id": self.ids[index], "height": height, "width": width, **mosaic_meta},
         }
 
 
@@ -212,7 +219,8 @@ class CHN6CUGDataModule(BaseDataModule):
     """CHN6-CUG for fit/validate/test/predict, read straight from the official layout (no preparation).
 
     ``crop_size`` random-crops training tiles (None keeps whole tiles; tiles are 512², so 512 only pads
-    smaller ones, with ignore); ``augment`` adds flips and rot90. Evaluation uses whole tiles. Under the
+    smaller ones, with ignore); ``augment`` adds flips and rot90 (``train_transforms``, ``mosaic_ratio``:
+    ``BaseDataModule``). Evaluation uses whole tiles. Under the
     ``official`` protocol there is no val split (fit runs without validation, ``validate`` raises a
     DataError); ``holdout`` holds ``val_fraction`` of ``train/`` out as val. Test uses ``val/``; predict
     uses the protocol split ``predict_split`` ("test" = ``val/`` by default, "train", or "val" under
@@ -240,15 +248,17 @@ class CHN6CUGDataModule(BaseDataModule):
                 logger.info("%s (%s protocol) %s: %d tiles", DATASET, self.protocol, split, len(pairs))
         return self.splits
 
-    def _split_dataset(self, split: str, transform: A.Compose | None = None) -> CHN6CUGDataset:
+    def _split_dataset(
+        self, split: str, transform: A.Compose | None = None, mosaic_ratio: float = 0.0
+    ) -> CHN6CUGDataset:
         folder = "val" if split == "test" else "train"
-        return CHN6CUGDataset(self.root, folder, pairs=self.load_splits()[split], transform=transform)
+        pairs = self.load_splits()[split]
+        return CHN6CUGDataset(self.root, folder, pairs=pairs, transform=transform, mosaic_ratio=mosaic_ratio)
 
     def setup(self, stage: str | None = None) -> None:
         splits = self.load_splits()
         if stage in ("fit", None):
-            transform = train_transform(self.crop_size, self.augment, self.spec.ignore_index)
-            self.train_dataset = self._split_dataset("train", transform)
+            self.train_dataset = self._split_dataset("train", self.train_transform(), self.mosaic_ratio)
         if stage in ("fit", "validate", None):
             if "val" in splits:
                 self.val_dataset = self._split_dataset("val")

@@ -42,11 +42,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from rsseg.data.core.augment import MosaicMixin, check_mosaic_ratio
 from rsseg.data.core.datamodule import BaseDataModule
 from rsseg.data.core.errors import DataError, DataWarning
 from rsseg.data.core.io import read_image
 from rsseg.data.core.spec import IGNORE_INDEX, DatasetSpec
-from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise, train_transform
+from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise
 
 logger = logging.getLogger(__name__)
 
@@ -273,11 +274,12 @@ def _scene_samples(root: Path, split: str, scene: str, folder: Path, seen: dict[
 # Datasets
 
 
-class FilePairDataset(Dataset):
+class FilePairDataset(MosaicMixin, Dataset):
     """Samples read straight from (image, optional mask) file pairs listed up front.
 
     A sample is ``{"image": float C×H×W normalised, "mask": int64 H×W (only where labelled), "meta"}``
-    with ``meta = {"id", "height", "width", **sample.meta}`` (the size of the file, before any crop).
+    with ``meta = {"id", "height", "width", **sample.meta}`` (the size of the file, before any crop);
+    ``mosaic_ratio > 0`` (labelled samples only) adds GeoSeg's mosaic (``augment.MosaicMixin``).
     Subclasses say how a raw mask becomes class indices (``decode_mask``). Nothing LoveDA-specific
     lives here, so datasets shipped as plain image/mask files (CHN6-CUG) can share it.
     """
@@ -288,10 +290,14 @@ class FilePairDataset(Dataset):
         transform: A.Compose | None = None,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
+        mosaic_ratio: float = 0.0,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.mean, self.std = mean, std
+        self.mosaic_ratio = check_mosaic_ratio(mosaic_ratio)
+        if self.mosaic_ratio > 0 and any(sample.mask is None for sample in self.samples):
+            raise ValueError("mosaic_ratio > 0 needs masks, and these samples have none")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -321,11 +327,16 @@ class FilePairDataset(Dataset):
             )
         return self.decode_mask(raw, path)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image (H×W×3) and decoded mask (H×W, None where unlabelled) of sample ``index``."""
         sample = self.samples[index]
         image = self.read_rgb(sample.image)
-        mask = None if sample.mask is None else self.read_mask(sample.mask, sample.image, image.shape)
-        meta = {"id": sample.id, "height": image.shape[0], "width": image.shape[1], **sample.meta}
+        return image, None if sample.mask is None else self.read_mask(sample.mask, sample.image, image.shape)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        image, mask, mosaic_meta = self.training_pair(index)
+        meta = {"id": sample.id, "height": image.shape[0], "width": image.shape[1], **sample.meta, **mosaic_meta}
         if self.transform is not None:
             out = self.transform(image=image) if mask is None else self.transform(image=image, mask=mask)
             image, mask = out["image"], out.get("mask")
@@ -356,12 +367,13 @@ class LoveDADataset(FilePairDataset):
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         strict: bool = True,
+        mosaic_ratio: float = 0.0,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.scenes = normalise_scenes(scenes)
         self.strict = strict
-        super().__init__(find_loveda_samples(self.root, split, self.scenes), transform, mean, std)
+        super().__init__(find_loveda_samples(self.root, split, self.scenes), transform, mean, std, mosaic_ratio)
         self.has_masks = all(sample.mask is not None for sample in self.samples)
 
     def decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
@@ -383,8 +395,9 @@ class LoveDADataset(FilePairDataset):
 class LoveDADataModule(BaseDataModule):
     """LoveDA for fit/validate/predict, read from the official extracted archives (no preparation).
 
-    ``crop_size`` random-crops training images (None keeps the whole 1024² images); validation and
-    prediction use whole images. ``scenes`` selects Urban and/or Rural. ``protocol`` is "standard"
+    ``crop_size`` random-crops training images (None keeps the whole 1024² images), ``augment`` flips and
+    rotates them (``train_transforms``, ``mosaic_ratio``: ``BaseDataModule``); validation and prediction
+    use whole images. ``scenes`` selects Urban and/or Rural. ``protocol`` is "standard"
     (Train / Val / Test) or "trainval" (fit on Train + Val, no validation). ``setup("test")`` is a
     DataError because Test labels are private; ``predict`` runs over the Test images (samples without
     ``mask``), for :class:`rsseg.data.LoveDASubmissionWriter`, or over ``predict_split``
@@ -411,8 +424,10 @@ class LoveDADataModule(BaseDataModule):
     def has_val_split(self) -> bool:
         return self.has_val  # trainval: Lightning skips validation
 
-    def _dataset(self, split: str, transform: A.Compose | None = None) -> LoveDADataset:
-        dataset = LoveDADataset(self.root, split, self.scenes, transform=transform, strict=self.strict)
+    def _dataset(self, split: str, transform: A.Compose | None = None, mosaic_ratio: float = 0.0) -> LoveDADataset:
+        dataset = LoveDADataset(
+            self.root, split, self.scenes, transform=transform, strict=self.strict, mosaic_ratio=mosaic_ratio
+        )
         self._log_counts(dataset)
         return dataset
 
@@ -420,10 +435,8 @@ class LoveDADataModule(BaseDataModule):
         if stage == "test":
             raise DataError(f"{self.root}: {TEST_LABELS_ARE_PRIVATE}")
         if stage in ("fit", None):
-            self.train_dataset = self._dataset(
-                "train" if self.has_val else "trainval",
-                train_transform(self.crop_size, self.augment, self.spec.ignore_index),
-            )
+            split = "train" if self.has_val else "trainval"
+            self.train_dataset = self._dataset(split, self.train_transform(), self.mosaic_ratio)
         if stage in ("fit", "validate", None):
             if self.has_val:
                 self.val_dataset = self._dataset("val")

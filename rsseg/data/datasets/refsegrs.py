@@ -37,12 +37,12 @@ and the native ``height``/``width``.
   every sentence, so every expression is scored once.
 * No geometric augmentation: flips and rotations would contradict "on the left" / "at the top";
   ``augment=True`` only jitters brightness and contrast.
+
+Tokens, resize, sampling and the datamodule are shared with RRSIS-D (``referring.py``).
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,27 +50,29 @@ from typing import Any
 
 import albumentations as A
 import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import Dataset
 
-from rsseg.data.core.datamodule import BaseDataModule
 from rsseg.data.core.errors import DataError
 from rsseg.data.core.io import read_image
 from rsseg.data.core.spec import IGNORE_INDEX, DatasetSpec
-from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise, seeded_compose
+from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rsseg.data.datasets.chn6cug import binarise_mask
-
-logger = logging.getLogger(__name__)
+from rsseg.data.datasets.referring import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TOKENIZER,
+    LAVT_IMAGE_SIZE,
+    ReferringDataModule,
+    ReferringDataset,
+    as_rgb,
+    load_tokenizer,
+    resize_pair,
+    tokenize,
+)
 
 DATASET = "refsegrs"
 CLASSES = ("background", "target")
 PALETTE = ((0, 0, 0), (255, 255, 255))
 SPLITS = ("train", "val", "test")
 MASK_THRESHOLD = 51  # foreground = value > 50, as the LAVT-lineage RefSegRS loaders
-DEFAULT_TOKENIZER = "bert-base-uncased"
-DEFAULT_MAX_TOKENS = 20
-LAVT_IMAGE_SIZE = 480
 PROTOCOL = "official"
 _BAD_ID = re.compile(r"[/\\]|^\.\.?$")
 
@@ -162,54 +164,10 @@ def group_objects(expressions: list[Expression]) -> list[RefObject]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Tokens and pixels
-
-
-@functools.lru_cache(maxsize=4)
-def load_tokenizer(name_or_path: str):
-    """A Hugging Face tokenizer by hub id or local folder; cached, so splits share one instance."""
-    from transformers import AutoTokenizer  # heavy import, only when a dataset is built
-
-    from rsseg.pretrained import resolve
-
-    try:
-        return AutoTokenizer.from_pretrained(resolve(name_or_path))
-    except (OSError, ValueError) as error:
-        raise DataError(
-            f"cannot load tokenizer {name_or_path!r} ({type(error).__name__}: {error}); without internet "
-            "it must already be in the Hugging Face cache, or pass a local folder holding its tokenizer files"
-        ) from error
-
-
-def tokenize(tokenizer, sentences: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` int64 N×max_tokens: [CLS] … [SEP] then [PAD], truncated to fit."""
-    if max_tokens < 2:
-        raise ValueError(f"max_tokens must be at least 2 ([CLS] and [SEP]), got {max_tokens}")
-    encoded = tokenizer(
-        sentences,
-        max_length=max_tokens,
-        padding="max_length",
-        truncation=True,
-        return_attention_mask=True,
-        return_token_type_ids=False,
-    )
-    ids = torch.tensor(encoded["input_ids"], dtype=torch.long).reshape(len(sentences), max_tokens)
-    mask = torch.tensor(encoded["attention_mask"], dtype=torch.long).reshape(len(sentences), max_tokens)
-    return ids, mask
-
-
-def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image bilinear, mask nearest, to size×size with PIL, as LAVT's ``Resize`` (torchvision on PIL)."""
-    image = np.array(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
-    mask = np.array(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
-    return image, mask
-
-
-# --------------------------------------------------------------------------------------------------
 # Dataset and datamodule
 
 
-class RefSegRSDataset(Dataset):
+class RefSegRSDataset(ReferringDataset):
     """One split of RefSegRS; see the module docstring for the sample, resolution and sampling rules.
 
     ``tokenizer`` is a hub id, a local folder or a loaded tokenizer. ``eval_mode`` defaults to True for
@@ -229,28 +187,12 @@ class RefSegRSDataset(Dataset):
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
     ) -> None:
-        if image_size is not None and image_size < 1:
-            raise ValueError(f"image_size must be positive or None, got {image_size}")
+        super().__init__(split, image_size, eval_mode, native_mask, transform, mean, std)
         self.root = Path(root)
-        self.split = split
-        self.image_size = image_size
-        self.eval_mode = split != "train" if eval_mode is None else eval_mode
-        self.native_mask = native_mask
-        self.transform = transform
-        self.mean, self.std = mean, std
         check_root(self.root)
         self.objects = group_objects(read_phrases(phrase_file(self.root, split)))
         self._check_files()
-        if isinstance(tokenizer, str | Path):
-            self.tokenizer_name = str(tokenizer)
-            tokenizer = load_tokenizer(self.tokenizer_name)
-        else:
-            self.tokenizer_name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
-        sentences = [sentence for obj in self.objects for sentence in obj.sentences]
-        self.input_ids, self.attention_mask = tokenize(tokenizer, sentences, max_tokens)
-        # index of each object's first sentence in the flat sentence list, and the eval items
-        self._first = np.cumsum([0] + [len(obj.sentences) for obj in self.objects[:-1]]).tolist()
-        self._items = [(o, s) for o, obj in enumerate(self.objects) for s in range(len(obj.sentences))]
+        self.tokenize_objects(tokenizer, max_tokens)
 
     def _check_files(self) -> None:
         for obj in self.objects:
@@ -267,55 +209,16 @@ class RefSegRSDataset(Dataset):
     def mask_path(self, ref_id: str) -> Path:
         return self.root / "masks" / f"{ref_id}.tif"
 
-    @property
-    def num_expressions(self) -> int:
-        return len(self._items)
+    def read_object(self, obj: RefObject) -> tuple[np.ndarray, np.ndarray]:
+        return self.read_pair(obj.id)
 
-    def __len__(self) -> int:
-        return len(self._items) if self.eval_mode else len(self.objects)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if self.eval_mode:
-            obj_index, sentence_index = self._items[index]
-            obj = self.objects[obj_index]
-        else:
-            obj_index, obj = index, self.objects[index]
-            sentence_index = int(torch.randint(len(obj.sentences), ()).item())
-        image, mask = self.read_pair(obj.id)
-        height, width = mask.shape
-        native = mask
-        if self.image_size is not None:
-            image, mask = resize_pair(image, mask, self.image_size)
-        if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        flat = self._first[obj_index] + sentence_index
-        sample = {
-            "image": normalise(image, self.mean, self.std),
-            "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
-            "text": obj.sentences[sentence_index],
-            "input_ids": self.input_ids[flat].clone(),  # not a view into every sentence's tokens
-            "attention_mask": self.attention_mask[flat].clone(),
-            "meta": {
-                "id": obj.id,
-                "sentence_index": sentence_index,
-                "num_sentences": len(obj.sentences),
-                "line": obj.lines[sentence_index],
-                "height": height,
-                "width": width,
-            },
-        }
-        if self.native_mask:
-            sample["mask_native"] = torch.from_numpy(np.ascontiguousarray(native)).long()
-        return sample
+    def extra_meta(self, obj: RefObject, sentence_index: int) -> dict[str, Any]:
+        return {"line": obj.lines[sentence_index]}
 
     def read_pair(self, ref_id: str) -> tuple[np.ndarray, np.ndarray]:
         """Native-resolution RGB uint8 image and {0,1} uint8 mask of one object, checked for size."""
         image_path, mask_path = self.image_path(ref_id), self.mask_path(ref_id)
-        image = read_image(image_path)
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=2)  # PIL convert('RGB') of a grey tile
-        image = np.ascontiguousarray(image[..., :3])
+        image = as_rgb(read_image(image_path))  # PIL convert('RGB') of a grey tile
         mask = binarise_mask(read_image(mask_path), MASK_THRESHOLD)
         if image.shape[:2] != mask.shape:
             raise DataError(
@@ -340,7 +243,8 @@ def check_root(root: Path) -> None:
             raise DataError(f"{root / sub}: folder not found{hint}")
 
 
-class RefSegRSDataModule(BaseDataModule):
+
+class RefSegRSDataModule(ReferringDataModule):
     """RefSegRS for fit/validate/test/predict, read straight from the official layout (no preparation).
 
     Training draws one sentence per object per epoch; val/test/predict score every expression.
@@ -348,61 +252,25 @@ class RefSegRSDataModule(BaseDataModule):
     to evaluation samples for native-resolution metrics. Model selection uses val, never test (zhu-xlab
     ``train.py`` selects on test). ``augment`` only jitters brightness/contrast (see the module docstring).
     ``predict_split`` ("test", "val" or "train") is scored like val/test: every expression, no jitter.
+    Options: ``rsseg.data.datasets.referring.ReferringDataModule``.
     """
 
     default_protocol = PROTOCOL
-
-    def __init__(
-        self,
-        root: str,
-        tokenizer: str = DEFAULT_TOKENIZER,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        image_size: int | None = LAVT_IMAGE_SIZE,
-        native_masks: bool = False,
-        augment: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        """Tokenizer, sentence length and resolution options; loader arguments: ``BaseDataModule``."""
-        if image_size is not None and image_size < 1:
-            raise ValueError(f"image_size must be positive or None, got {image_size}")
-        super().__init__(root, crop_size=None, augment=augment, **kwargs)
-        self.tokenizer = tokenizer
-        self.max_tokens = max_tokens
-        self.image_size = image_size
-        self.native_masks = native_masks
+    dataset_class = RefSegRSDataset
+    splits = SPLITS
 
     def make_spec(self, protocol: str) -> DatasetSpec:
         return refsegrs_spec(protocol)
 
-    def has_val_split(self) -> bool:
-        return True
 
-    def _split_dataset(self, split: str, train: bool = False) -> RefSegRSDataset:
-        """``train``: one random sentence per object and the jitter; else every expression, as evaluated."""
-        transform = seeded_compose([A.RandomBrightnessContrast(0.1, 0.1, p=0.5)]) if train and self.augment else None
-        dataset = RefSegRSDataset(
-            self.root,
-            split,
-            tokenizer=self.tokenizer,
-            max_tokens=self.max_tokens,
-            image_size=self.image_size,
-            eval_mode=not train,
-            native_mask=self.native_masks and not train,
-            transform=transform,
-        )
-        logger.info(
-            "%s %s: %d objects, %d expressions", DATASET, split, len(dataset.objects), dataset.num_expressions
-        )
-        return dataset
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage in ("fit", None):
-            self.train_dataset = self._split_dataset("train", train=True)
-        if stage in ("fit", "validate", None):
-            self.val_dataset = self._split_dataset("val")
-        if stage in ("test", None):
-            self.test_dataset = self._split_dataset("test")
-        if stage in ("predict", None):
-            split = self.checked_predict_split(SPLITS)
-            reuse = split == "test" and self.test_dataset is not None
-            self.predict_dataset = self.test_dataset if reuse else self._split_dataset(split)
+__all__ = [
+    "MASK_THRESHOLD",
+    "RefSegRSDataModule",
+    "RefSegRSDataset",
+    "group_objects",
+    "load_tokenizer",
+    "read_phrases",
+    "refsegrs_spec",
+    "resize_pair",
+    "tokenize",
+]

@@ -292,13 +292,19 @@ def _check_size(coarse: np.ndarray, shape: tuple[int, ...], path: Path, hint: st
         )
 
 
+_MOSAIC_REFUSAL = ("coarse maps are paired with a sample by its id, and a mosaic sample is pieced from four; "
+                   "set mosaic_ratio to 0 on the datamodule wrapped by CoarseMapDataModule")
+
+
 class _JointTransform:
     """Stands in for a dataset's training transform, so that the coarse map staged for the sample being
-    read goes through the very same random crop, flips and rot90 as its image and mask.
+    read goes through the very same steps as its image and mask (the default crop, flips and rot90, or
+    any ``train_transforms``: ``random_scale``, ``smart_crop``, albumentations transforms).
 
-    One albumentations call with the coarse map as an additional ``mask`` target: cropped and rotated
-    with the mask, padded with the ignore index like it, never interpolated. The dataset still reads,
-    decodes and normalises the sample itself, so wrapped and plain samples are made the same way.
+    One albumentations call with the coarse map as an additional ``mask`` target: cropped, rotated and
+    resized with the mask, padded with the ignore index like it, only ever resized nearest-neighbour. The
+    dataset still reads, decodes and normalises the sample itself, so wrapped and plain samples are made
+    the same way.
     """
 
     def __init__(self, transform: A.Compose) -> None:
@@ -344,6 +350,8 @@ class CoarseMapDataset(Dataset):
         if not hasattr(dataset, "sample_id"):
             raise ValueError(f"{type(dataset).__name__} does not name its samples (no sample_id), so it cannot "
                              "be paired with coarse maps")
+        if getattr(dataset, "mosaic_ratio", 0) > 0:
+            raise ValueError(_MOSAIC_REFUSAL)
         self.dataset = dataset
         self.folder = folder
         self.num_classes = num_classes
@@ -400,8 +408,8 @@ class CoarseMapDataModule(lightning.LightningDataModule):
     built (train, val, test, predict) gains ``coarse`` (int64 H×W) from ``<set>/<split>/<id>.png``,
     transformed exactly like ``mask`` under training augmentation. Batch sizes, workers and the DDP
     sampler are ``data``'s; so are ``spec``, ``num_classes``, ``mean``, ``std`` and ``root``.
-    ``eval_whole_tiles`` is not supported (maps are per patch). Each problem with the maps is a DataError
-    naming the file and the fix.
+    ``eval_whole_tiles`` and ``mosaic_ratio > 0`` are not supported (maps are per patch). Each problem
+    with the maps is a DataError naming the file and the fix.
     """
 
     def __init__(self, data: BaseDataModule, coarse: str) -> None:
@@ -409,6 +417,8 @@ class CoarseMapDataModule(lightning.LightningDataModule):
         if getattr(data, "eval_whole_tiles", False):  # a prepared root's option
             raise ValueError("CoarseMapDataModule pairs patches with their coarse maps; eval_whole_tiles=True "
                              "(whole stitched tiles) is not supported")
+        if getattr(data, "mosaic_ratio", 0) > 0:
+            raise ValueError(_MOSAIC_REFUSAL)
         self.data = data
         self.coarse = coarse
         self.train_dataset: CoarseMapDataset | None = None

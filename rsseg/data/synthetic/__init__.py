@@ -17,12 +17,13 @@ from typing import Any
 
 import rsseg
 from rsseg.data.core.errors import DataError
-from rsseg.data.core.prepare import examples, files_on_disk
+from rsseg.data.core.prepare import SYNTHETIC_MARKER, examples, files_on_disk
 from rsseg.data.synthetic.chn6cug import write_synthetic_chn6cug
 from rsseg.data.synthetic.files import write_text_atomically
 from rsseg.data.synthetic.loveda import write_synthetic_loveda
 from rsseg.data.synthetic.potsdam import SYNTH_POTSDAM_TILES, write_synthetic_potsdam
 from rsseg.data.synthetic.refsegrs import write_synthetic_refsegrs
+from rsseg.data.synthetic.rrsisd import write_synthetic_rrsisd
 from rsseg.data.synthetic.uavid import write_synthetic_uavid
 from rsseg.data.synthetic.vaihingen import SYNTH_VAIHINGEN_AREAS, write_synthetic_vaihingen
 
@@ -31,11 +32,11 @@ SYNTHESIZERS = {
     "loveda": write_synthetic_loveda,
     "potsdam": write_synthetic_potsdam,
     "refsegrs": write_synthetic_refsegrs,
+    "rrsisd": write_synthetic_rrsisd,
     "uavid": write_synthetic_uavid,
     "vaihingen": write_synthetic_vaihingen,
 }
 
-SYNTHETIC_MARKER = "rsseg-synthetic.json"
 GENERATOR = "rsseg synth"
 
 
@@ -118,6 +119,7 @@ __all__ = [
     "write_synthetic_loveda",
     "write_synthetic_potsdam",
     "write_synthetic_refsegrs",
+    "write_synthetic_rrsisd",
     "write_synthetic_uavid",
     "write_synthetic",
     "write_synthetic_vaihingen",

@@ -26,10 +26,11 @@ class IsprsPatchDataset(PreparedPatchDataset):
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         manifest: dict[str, Any] | None = None,
+        mosaic_ratio: float = 0.0,
     ) -> None:
         manifest = manifest or open_prepared_root(root, self.dataset_name, self.display_name)
         band_mean, band_std = band_statistics(manifest["parameters"].get("bands", "RGB"))
-        super().__init__(root, split, transform, mean or band_mean, std or band_std, manifest)
+        super().__init__(root, split, transform, mean or band_mean, std or band_std, manifest, mosaic_ratio)
 
 
 class IsprsDataModule(PreparedRootDataModule):

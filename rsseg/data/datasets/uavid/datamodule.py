@@ -9,14 +9,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
 from rsseg.data.core.errors import DataError
 from rsseg.data.core.prepared import PreparedPatchDataset, PreparedRootDataModule
-from rsseg.data.core.spec import IGNORE_INDEX, DatasetSpec
-from rsseg.data.core.transforms import normalise, seeded_compose
+from rsseg.data.core.spec import DatasetSpec
+from rsseg.data.core.transforms import normalise
 from rsseg.data.datasets.uavid.labels import DATASET, DEFAULT_PROTOCOL, UNLABELLED_SPLITS, uavid_spec
 
 logger = logging.getLogger(__name__)
@@ -29,18 +28,9 @@ _TEST_REFUSAL = (
 )
 
 
-def uavid_train_transform(crop_size: int | None, augment: bool = True, ignore_index: int = IGNORE_INDEX):
-    """Random crop (images padded with 0, masks with ignore), then a horizontal flip if ``augment``.
-
-    UAVid views are oblique: the far, small-scale part of the scene is at the top, so vertical flips
-    and 90° rotations (the nadir default in ``core.transforms.train_transform``) would show impossible views.
-    """
-    steps: list[Any] = []
-    if crop_size is not None:
-        steps.append(A.RandomCrop(crop_size, crop_size, pad_if_needed=True, fill=0, fill_mask=ignore_index))
-    if augment:
-        steps.append(A.HorizontalFlip(p=0.5))
-    return seeded_compose(steps) if steps else None
+# UAVid views are oblique: the far, small-scale part of the scene is at the top, so vertical flips and
+# 90° rotations (the nadir default, ``augment.NADIR_DEFAULT``) would show impossible views.
+UAVID_DEFAULT = ("random_crop", "hflip")
 
 
 _META_KEYS = ("id", "tile", "seq", "frame", "y", "x", "height", "width", "tile_height", "tile_width")
@@ -61,10 +51,8 @@ class UAVidDataset(PreparedPatchDataset):
         entry = self.patches[index]
         return {**{key: entry[key] for key in _META_KEYS}, "frame_patches": self.frame_patches[entry["tile"]]}
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = super().__getitem__(index)
-        sample["meta"] = self.frame_meta(index)
-        return sample
+    def sample_meta(self, index: int) -> dict[str, Any]:
+        return self.frame_meta(index)
 
 
 class UAVidUnlabelledDataset(UAVidDataset):
@@ -105,13 +93,15 @@ class FrameShardSampler(DistributedSampler):
 class UAVidDataModule(PreparedRootDataModule):
     """UAVid patches for fit/validate/predict; prepare the root first with ``prepare_uavid``.
 
-    ``crop_size`` random-crops training patches (None keeps whole patches); evaluation uses whole
-    patches. ``predict_split`` is ``"test"`` (the submission) or ``"val"`` (to check a submission
-    locally with the toolkit's evaluate.py). ``setup("test")`` raises: test labels are private.
+    ``crop_size`` random-crops training patches (None keeps whole patches), then ``augment`` flips them
+    horizontally (``UAVID_DEFAULT``; ``train_transforms`` replaces it); evaluation uses whole patches.
+    ``predict_split`` is ``"test"`` (the submission) or ``"val"`` (to check a submission locally with the
+    toolkit's evaluate.py). ``setup("test")`` raises: test labels are private.
     """
 
     dataset_class = UAVidDataset
     default_protocol = DEFAULT_PROTOCOL
+    default_train_steps = UAVID_DEFAULT
     raw_pattern = RAW_PATTERN
 
     def __init__(self, root: str, predict_split: str = "test", **kwargs: Any) -> None:
@@ -128,8 +118,7 @@ class UAVidDataModule(PreparedRootDataModule):
             raise DataError(f"{self.root}: {_TEST_REFUSAL}")
         splits = self.load_manifest()["patches"]
         if stage in ("fit", None):
-            transform = uavid_train_transform(self.crop_size, self.augment, self.spec.ignore_index)
-            self.train_dataset = self._dataset("train", transform)
+            self.train_dataset = self._dataset("train", self.train_transform(), self.mosaic_ratio)
         if stage in ("fit", "validate", None):
             if "val" in splits:
                 self.val_dataset = self._dataset("val")

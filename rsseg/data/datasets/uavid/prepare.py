@@ -19,7 +19,14 @@ import numpy as np
 
 from rsseg.data.core.errors import DataError, DataWarning
 from rsseg.data.core.io import read_image
-from rsseg.data.core.prepare import SplitProtocol, count_pixels, file_fingerprint, map_jobs, prepare_once
+from rsseg.data.core.prepare import (
+    SplitProtocol,
+    count_pixels,
+    file_fingerprint,
+    is_synthetic_root,
+    map_jobs,
+    prepare_once,
+)
 from rsseg.data.core.spec import IGNORE_INDEX
 from rsseg.data.core.tiling import (
     check_patch_fits,
@@ -281,6 +288,7 @@ def prepare_uavid(
     return prepare_once(
         dst, dataset=DATASET, parameters=parameters, sources=sources, build=build, force=force,
         expected_bytes=estimate_output_bytes(jobs, sizes, patch_size),
+        synthetic_source=is_synthetic_root(src),
     )
 
 
