@@ -1,15 +1,18 @@
-"""Lightning callbacks for cross-cutting concerns: inference speed, memory and FLOPs, evaluation samples."""
+"""Lightning callbacks for cross-cutting concerns: inference speed, memory and FLOPs, evaluation samples,
+per-unit evaluation counts."""
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from lightning import Callback
 
+from rsseg.data.synthetic.files import write_atomically
 from rsseg.profiling import count_gflops, peak_memory_mib, reset_peak_memory
 
 log = logging.getLogger(__name__)
@@ -177,3 +180,43 @@ class EvaluationSamples(_EvaluationHooks):
 def _sample_ids(batch: dict, n: int) -> list[str]:
     ids = (batch.get("meta") or {}).get("id")
     return [str(v) for v in ids] if ids is not None else [str(i) for i in range(n)]
+
+
+class UnitMatrixWriter(Callback):
+    """Saves the task's per-unit counts of each evaluation as ``per_unit_<key>.npz`` in ``trainer.log_dir``
+    (the logger's folder; ``default_root_dir`` without a logger), for confidence intervals over units.
+
+    ``key`` is ``val`` or ``test`` (DANet adds ``val_native``/``test_native``); the arrays are the task's
+    ``unit_record(key)``: ``names`` aligned with ``confmats`` (n×K×K, rows = target) plus ``class_names``,
+    ``ignore_index`` and ``exclude_from_mean`` for semantic tasks, or ``names``, ``intersections``,
+    ``unions`` and ``empty_iou`` for referring ones. Each validation during fit replaces ``per_unit_val.npz``
+    (the last epoch's stays); the sanity check writes nothing. Rank 0 writes, atomically.
+    """
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._write(trainer, pl_module, ("val", "val_native"))
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module, ("test", "test_native"))
+
+    def _write(self, trainer, pl_module, keys: tuple[str, ...]) -> None:
+        kept = getattr(pl_module, "unit_matrices", {})  # the same on every rank: gathered at the epoch's end
+        keys = tuple(key for key in keys if key in kept)
+        if not keys:
+            return
+        folder = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir is collective: every rank asks
+        if trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+            for key in keys:
+                write_unit_record(folder / f"per_unit_{key}.npz", pl_module.unit_record(key))
+
+
+def write_unit_record(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """``arrays`` as an uncompressed ``.npz`` at ``path``, which appears only once complete."""
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to the temporary name
+            np.savez(f, **arrays)
+
+    return write_atomically(path, save)

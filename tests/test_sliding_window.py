@@ -8,7 +8,7 @@ from torch import nn
 
 from rsseg.data.core.tiling import patch_grid
 from rsseg.grid import axis_starts_aligned
-from rsseg.models.sliding_window import blend_weights, sliding_window_logits
+from rsseg.models.sliding_window import blend_weights, padded_tile_logits, sliding_window_logits
 
 
 class PerPixel(nn.Module):
@@ -86,3 +86,24 @@ def test_task_evaluates_large_inputs_with_sliding_windows():
         logits = task.predict_logits(image)
     assert logits.shape == (1, 6, 96, 130)
     assert set(calls) == {(64, 64)} and len(calls) == 2 * 3
+
+
+def test_padded_tiles_follow_the_released_huge_image_script():
+    """D2LS's test_uavid.py: the frame goes to the bottom-right of a zero canvas of whole tiles, tiles are cut
+    row by row without overlap, each is predicted alone, and the last H rows and W columns are kept. A network
+    that adds its position inside the tile shows which tile every pixel came from."""
+    image = torch.arange(1, 36, dtype=torch.float32).view(1, 1, 5, 7)  # 5×7 frame, tiles 3×4: pad 1 row, 1 col
+    inside = torch.arange(12, dtype=torch.float32).view(1, 1, 3, 4) * 100
+
+    def net(crops):
+        return crops + inside
+
+    logits = padded_tile_logits(net, image, (3, 4), batch_size=3)
+    canvas = torch.zeros(1, 1, 6, 8)
+    canvas[..., 1:, 1:] = image  # padding above and to the left
+    expected = torch.cat([torch.cat([canvas[..., y : y + 3, x : x + 4] + inside for x in (0, 4)], -1)
+                          for y in (0, 3)], -2)[..., 1:, 1:]
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    assert logits[0, 0, 0, 0] == image[0, 0, 0, 0] + 100 * 5  # frame (0, 0) sits at (1, 1) of the first tile
+    assert logits[0, 0, 2, 3] == image[0, 0, 2, 3]  # frame (2, 3) starts the tile at canvas (3, 4)
+    assert padded_tile_logits(net, image[..., :3, :4], (3, 4)).equal(image[..., :3, :4] + inside)  # no padding

@@ -283,3 +283,20 @@ def test_scales_map_coordinates_by_the_scale_as_ttach():
     by_size = _per_pixel(F.interpolate(x, size=(7, 10), mode="bicubic", align_corners=False))
     assert not torch.allclose(small, by_size, atol=1e-3)  # the two mappings really differ here
     torch.testing.assert_close(tta_logits(_per_pixel, x, "none", [0.75], "bicubic"), back, rtol=0, atol=1e-6)
+
+
+def test_inference_tiles_augment_each_padded_tile_alone():
+    """With inference_tiles the task cuts D2LS's test_uavid.py tiles and runs the TTA inside each tile (ttach
+    wraps the model there): the result is padded_tile_logits over a tile-wise TTA, not TTA of the frame."""
+    from rsseg.models.sliding_window import padded_tile_logits
+
+    task = _task(inference_tta="lr", inference_tiles=[24, 20]).eval()
+    image = torch.rand(1, 3, 40, 52)
+    with torch.no_grad():
+        expected = padded_tile_logits(lambda t: tta_logits(task, t, "lr"), image, (24, 20), batch_size=1)
+        framewise = tta_logits(task, image, "lr")
+        result = task.predict_logits(image)
+    torch.testing.assert_close(result, expected, rtol=0, atol=0)
+    assert not torch.allclose(result, framewise, atol=1e-4)
+    with pytest.raises(ValueError, match="inference_tiles"):
+        _task(inference_tiles=[24])

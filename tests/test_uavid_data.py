@@ -422,29 +422,29 @@ class Oracle(lightning.LightningModule):
         self.weight = torch.nn.Parameter(torch.zeros(1))
 
     def predict_step(self, batch, batch_idx):
-        meta, size = batch["meta"], batch["image"].shape[-1]
+        meta, (size_y, size_x) = batch["meta"], batch["image"].shape[-2:]
         preds = []
         for i in range(batch["image"].shape[0]):
             full = self.truth[(self.folder, meta["seq"][i], meta["frame"][i])]["mask"]
             y, x, h, w = (int(meta[k][i]) for k in ("y", "x", "height", "width"))
-            patch = np.full((size, size), 6, np.uint8)
+            patch = np.full((size_y, size_x), 6, np.uint8)
             patch[:h, :w] = full[y : y + h, x : x + w]
             b = self.band
             if b and y > 0:
                 patch[:b] = (patch[:b] + 1) % 8
-            if b and y + size < full.shape[0]:
+            if b and y + size_y < full.shape[0]:
                 patch[-b:] = (patch[-b:] + 1) % 8
             if b and x > 0:
                 patch[:, :b] = (patch[:, :b] + 1) % 8
-            if b and x + size < full.shape[1]:
+            if b and x + size_x < full.shape[1]:
                 patch[:, -b:] = (patch[:, -b:] + 1) % 8
             preds.append(patch)
         return {"pred": torch.from_numpy(np.stack(preds)), "meta": meta}
 
 
-def _predict(root, truth, folder, out, tmp_path, band=0, **trainer_kwargs):
+def _predict(root, truth, folder, out, tmp_path, band=0, whole_frames=False, **trainer_kwargs):
     split = SPLIT_OF[folder]
-    dm = UAVidDataModule(str(root), batch_size=3, num_workers=0, predict_split=split)
+    dm = UAVidDataModule(str(root), batch_size=3, num_workers=0, predict_split=split, eval_whole_tiles=whole_frames)
     writer = UAVidSubmissionWriter(out, **trainer_kwargs.pop("writer", {}))
     trainer = lightning.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -465,6 +465,28 @@ def test_predict_writes_full_frame_colour_pngs_in_the_submission_layout(prepared
     for seq, frame, size in frames_of("uavid_test"):
         colours = png(out / seq / "Labels" / f"{frame}.png")
         assert colours.shape == (*size, 3) and colours.dtype == np.uint8
+        np.testing.assert_array_equal(colours, UAVID_RGB[truth[("uavid_test", seq, frame)]["mask"]])
+
+
+def test_whole_test_frames_predict_into_the_submission(prepared, raw, tmp_path):
+    """eval_whole_tiles gives whole test frames (stitched, no mask: labels are private) for tiling inside the
+    task, as D2LS's 1152×1024 test tiles need; each frame is one prediction at (0, 0) that the writer writes."""
+    root, _ = prepared
+    raw_root, truth = raw
+    data = UAVidDataModule(str(root), num_workers=0, predict_split="test", eval_whole_tiles=True)
+    data.setup("predict")
+    batches = list(data.predict_dataloader())
+    assert len(batches) == len(frames_of("uavid_test")) and all("mask" not in batch for batch in batches)
+    for batch in batches:
+        seq, frame = batch["meta"]["seq"][0], batch["meta"]["frame"][0]
+        image = png(raw_root / "uavid_test" / seq / "Images" / f"{frame}.png")
+        np.testing.assert_array_equal(batch["image"][0].permute(1, 2, 0).numpy(), image)
+        assert (int(batch["meta"]["frame_patches"][0]), int(batch["meta"]["y"][0])) == (1, 0)
+    out = tmp_path / "submission"
+    writer = _predict(root, truth, "uavid_test", out, tmp_path, whole_frames=True)
+    assert len(writer.written) == len(frames_of("uavid_test"))
+    for seq, frame, _ in frames_of("uavid_test"):
+        colours = png(out / seq / "Labels" / f"{frame}.png")
         np.testing.assert_array_equal(colours, UAVID_RGB[truth[("uavid_test", seq, frame)]["mask"]])
 
 
@@ -529,3 +551,27 @@ def test_write_submission_checks_names_sizes_and_values(tmp_path):
     with pytest.raises(ValueError, match="plain file name"):
         write_uavid_submission([("seq21", "../000000", label)], tmp_path)
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["000000.png"]
+
+
+def test_the_submission_config_predicts_padded_tiles_of_whole_frames(prepared, tmp_path):
+    """experiments/submission/uavid.yaml on top of a method's UAVid config: `rsseg predict` writes every test
+    frame at its size from whole frames cut into padded tiles (here 24×20 for the fixture's small frames)."""
+    from rsseg.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    configs = [arg for name in ("unet/uavid", "unet/smoke", "smoke/uavid")
+               for arg in ("--config", str(repo / f"experiments/{name}.yaml"))]
+    args = [*configs, "--data.init_args.root", str(prepared[0]), "--data.init_args.crop_size", "32",
+            "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+            "--model.init_args.net.init_args.arch_kwargs", '{"encoder_depth": 3, "decoder_channels": [32, 16, 8]}',
+            "--trainer.logger", "false", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(tmp_path)]
+    main(["fit", *args, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"])
+    checkpoint = next(tmp_path.rglob("last.ckpt"))
+    out = tmp_path / "submission"
+    main(["predict", *args, "--config", str(repo / "experiments/submission/uavid.yaml"),
+          "--model.init_args.inference_tiles", "[24, 20]", "--ckpt_path", str(checkpoint),
+          "--return_predictions", "false", "--trainer.callbacks+=rsseg.data.UAVidSubmissionWriter",
+          "--trainer.callbacks.output_dir", str(out)])
+    for seq, frame, size in frames_of("uavid_test"):
+        assert png(out / seq / "Labels" / f"{frame}.png").shape == (*size, 3)

@@ -7,9 +7,24 @@
 * :class:`ReferringMetrics` — LAVT's mIoU, oIoU and Pr@X for referring segmentation.
 """
 
+from rsseg.metrics.bootstrap import (
+    Interval,
+    PairedComparison,
+    paired_bootstrap,
+    paired_referring_bootstrap,
+    rank_stability,
+    ratio_bootstrap,
+    referring_bootstrap,
+    resample_counts,
+    semantic_bootstrap,
+)
 from rsseg.metrics.boundary import BoundaryWFMeasure
 from rsseg.metrics.referring import ReferringMetrics
 from rsseg.metrics.semantic import SegmentationMetrics
+from rsseg.metrics.units import PerUnitConfusion, PerUnitIoU, unit_names
 from rsseg.metrics.wfmeasure import WeightedFMeasure
 
 __all__ = ["BoundaryWFMeasure", "ReferringMetrics", "SegmentationMetrics", "WeightedFMeasure"]
+__all__ += ["PerUnitConfusion", "PerUnitIoU", "unit_names"]
+__all__ += ["Interval", "PairedComparison", "paired_bootstrap", "paired_referring_bootstrap", "rank_stability",
+            "ratio_bootstrap", "referring_bootstrap", "resample_counts", "semantic_bootstrap"]

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from rsseg.metrics import ReferringMetrics
+from rsseg.metrics.units import PerUnitIoU, unit_names
 from rsseg.models.danet import AFFINITY_READINGS, DANet, DANetOutput, affinity_alignment_loss
 from rsseg.tasks.net import network_factory, network_spec
 from rsseg.tasks.segmentation import SCHEDULERS, eval_loss_metrics, log_eval_loss, with_schedule
@@ -114,7 +117,10 @@ class DANetTask(LightningModule):
     Evaluation: :class:`rsseg.metrics.ReferringMetrics` on ``mask`` (480² under the LAVT protocol) as
     ``val/…`` and ``test/…``; when the batch also holds ``mask_native`` (datamodule ``native_masks=True``)
     the logits are upsampled to it and scored again as ``…/native/…``. A pixel is target when its
-    logit is > 0 (probability > 0.5, LAVT's argmax over two channels).
+    logit is > 0 (probability > 0.5, LAVT's argmax over two channels). Each expression's (I, U) is kept
+    too: after an epoch, ``unit_matrices[key]`` (key ``val``, ``test``, ``val_native``, ``test_native``) holds
+    every expression's name (:func:`rsseg.metrics.units.unit_names`) and its n×2 int64 (I, U), whose sums
+    are the metric's ΣI and ΣU.
     """
 
     def __init__(
@@ -155,6 +161,8 @@ class DANetTask(LightningModule):
             f"{stage}{suffix}": ReferringMetrics(thresholds)
             for stage in ("val", "test") for suffix in ("", "_native")
         })
+        self.unit_counts = {key: PerUnitIoU() for key in self.metrics}
+        self.unit_matrices: dict[str, tuple[list[str], np.ndarray]] = {}  # the last evaluation's, by key
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args: Any, **kwargs: Any):
@@ -184,12 +192,17 @@ class DANetTask(LightningModule):
         n = batch["image"].shape[0]
         log_eval_loss(self, stage, self.criterion.mask_term(logits[:, 0].float(), batch["mask"]), n)
         pred = logits[:, 0] > 0
-        self.metrics[stage].update(pred, batch["mask"])
+        units = unit_names(batch.get("meta"), n)
+        self._score(stage, pred, batch["mask"], units)
         if "mask_native" in batch:
             native = F.interpolate(logits.float(), size=batch["mask_native"].shape[-2:], mode="bilinear",
                                    align_corners=True)
-            self.metrics[f"{stage}_native"].update(native[:, 0] > 0, batch["mask_native"])
+            self._score(f"{stage}_native", native[:, 0] > 0, batch["mask_native"], units)
         return pred.long()
+
+    def _score(self, key: str, pred: torch.Tensor, mask: torch.Tensor, units: list[str]) -> None:
+        self.metrics[key].update(pred, mask)
+        self.unit_counts[key].update(pred, mask, units)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         return {"pred": self._eval_step(batch, "val")}
@@ -206,8 +219,29 @@ class DANetTask(LightningModule):
             if float(self.trainer.strategy.reduce(metrics.n.float(), reduce_op="sum")) == 0:
                 continue  # nothing scored here (e.g. no native masks in this run)
             values = {f"{prefix}/{k}": float(v) for k, v in metrics.compute().items()}
+            with metrics.sync_context():  # every rank's sums
+                totals = [int(metrics.cum_i), int(metrics.cum_u)]
+            self._keep_unit_counts(key, totals)
             self.log_dict(values, prog_bar=key == stage)
             metrics.reset()
+
+    def _keep_unit_counts(self, key: str, totals: list[int]) -> None:
+        """Every rank's per-expression (I, U) as ``unit_matrices[key]`` (collective), kept only when they add
+        up to the metric's (ΣI, ΣU) ``totals``."""
+        names, counts = self.unit_counts[key].compute()
+        self.unit_counts[key].reset()
+        self.unit_matrices.pop(key, None)
+        if counts.sum(0).tolist() == totals:
+            self.unit_matrices[key] = (names, counts)
+        else:
+            rank_zero_warn(f"{key}: the per-expression (I, U) do not add up to the metric's; none are kept")
+
+    def unit_record(self, key: str) -> dict[str, np.ndarray]:
+        """``unit_matrices[key]`` as the arrays of ``per_unit_<key>.npz``: ``names``, ``intersections``,
+        ``unions`` and ``empty_iou`` (the IoU of an expression with U = 0)."""
+        names, counts = self.unit_matrices[key]
+        return {"names": np.array(names, dtype=str), "intersections": counts[:, 0], "unions": counts[:, 1],
+                "empty_iou": np.array(self.metrics[key].empty_iou)}
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

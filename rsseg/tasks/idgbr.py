@@ -23,7 +23,7 @@ from rsseg.models.idgbr import IDGBR, LabelEmbedding, sample_timesteps
 from rsseg.models.repa import DEFAULT_DINO, DinoPatchFeatures, RepaProjector, repa_loss
 from rsseg.models.sliding_window import sliding_window_logits
 from rsseg.models.tta import uses_tta
-from rsseg.tasks.segmentation import SegmentationTask, data_statistics, with_schedule
+from rsseg.tasks.segmentation import SegmentationTask, batch_units, data_statistics, with_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +204,8 @@ class IDGBRTask(SegmentationTask):
             raise ValueError("IDGBR does not support test-time augmentation (not part of the method; its DDIM "
                              "sampling does not go through predict_logits): leave inference_tta 'none' and "
                              "inference_scales [1.0]")
+        if task_kwargs.get("inference_tiles"):
+            raise ValueError("IDGBR refines with sliding windows (inference_window); inference_tiles is not used")
         self._label_embedding_path = label_embedding
         self._allow_untrained_label_embedding = allow_untrained_label_embedding
         super().__init__(net=net, lr=lr, weight_decay=weight_decay, scheduler=scheduler,
@@ -334,7 +336,7 @@ class IDGBRTask(SegmentationTask):
         if not batch["image"].is_floating_point():
             raise ValueError("IDGBR evaluates prepared patches with their coarse maps, not whole uint8 tiles")
         pred = self.refine_logits(batch["image"], batch["coarse"]).argmax(1).to(batch["mask"].device)
-        self._update_metrics(pred, batch["mask"], metrics, prefix)
+        self._update_metrics(pred, batch["mask"], metrics, prefix, batch_units(batch))
         return pred
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:

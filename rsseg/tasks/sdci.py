@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from rsseg.data.core.spec import IGNORE_INDEX
 from rsseg.models.sdci.model import SDCI
 from rsseg.models.sdci.prompts import load_prompts
 from rsseg.models.tta import DEFAULT_INTERPOLATION
-from rsseg.tasks.segmentation import SegmentationTask
+from rsseg.tasks.segmentation import SegmentationTask, batch_units
 
 
 def _prompt_file(path: str) -> Path:
@@ -124,14 +124,15 @@ class SDCITask(SegmentationTask):
         scores[:, list(self.table.classes)] = probabilities
         return scores
 
-    def _update_metrics(self, pred: torch.Tensor, mask: torch.Tensor, metrics, prefix: str) -> None:
+    def _update_metrics(self, pred: torch.Tensor, mask: torch.Tensor, metrics, prefix: str,
+                        units: Sequence[str] | None = None) -> None:
         if self.hparams.background == "ignore" and self.table.background is not None:
             mask = mask.masked_fill(mask == self.table.background, self.ignore_index)  # SDCI's protocol
-        super()._update_metrics(pred, mask, metrics, prefix)
+        super()._update_metrics(pred, mask, metrics, prefix, units)
 
     def _eval_step(self, batch: dict[str, Any], metrics, prefix: str) -> torch.Tensor:
         pred = self.predict_logits(batch["image"]).argmax(1).to(batch["mask"].device)
-        self._update_metrics(pred, batch["mask"], metrics, prefix)
+        self._update_metrics(pred, batch["mask"], metrics, prefix, batch_units(batch))
         return pred
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

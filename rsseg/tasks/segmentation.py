@@ -9,11 +9,13 @@ The metric convention (excluded classes, class names) comes from the datamodule'
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 from torchmetrics import MeanMetric
@@ -21,8 +23,9 @@ from torchmetrics import MeanMetric
 from rsseg.data.core.spec import IGNORE_INDEX
 from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rsseg.metrics import BoundaryWFMeasure, SegmentationMetrics
+from rsseg.metrics.units import PerUnitConfusion, unit_names
 from rsseg.models.baselines import SMPNet
-from rsseg.models.sliding_window import sliding_window_logits
+from rsseg.models.sliding_window import padded_tile_logits, sliding_window_logits
 from rsseg.models.tta import DEFAULT_INTERPOLATION, check_tta, tta_logits
 from rsseg.tasks.net import NetFactory, network_factory, network_spec
 
@@ -95,6 +98,9 @@ class SegmentationTask(LightningModule):
         inference_blend: ``"gaussian"`` (centre-weighted) or ``"uniform"`` blending of overlaps.
         inference_batch: windows × images per forward pass of sliding-window inference (None: the batch
             size, one window per image); larger batches keep small models and many-window inputs busy.
+        inference_tiles: (height, width): instead of sliding windows, cut the input into non-overlapping tiles
+            of this size after zero-padding it above and to the left to whole tiles, and augment each tile
+            alone: the huge-image inference of D2LS's ``test_uavid.py`` (1152×1024 on UAVid frames).
         inference_tta: test-time augmentation of validation, test and predict (:mod:`rsseg.models.tta`,
             ``docs/inference.md``): ``"none"``, ``"hflip"`` (identity + horizontal flip), ``"lr"`` (GeoSeg's
             ``-t lr``: identity, h, v and h+v flips) or ``"d4"`` (all eight flips × 90° rotations); the
@@ -131,6 +137,7 @@ class SegmentationTask(LightningModule):
         inference_overlap: int = 0,
         inference_blend: str = "gaussian",
         inference_batch: int | None = None,
+        inference_tiles: tuple[int, int] | None = None,
         inference_tta: str = "none",
         inference_scales: tuple[float, ...] = (1.0,),
         inference_scale_interpolation: str = DEFAULT_INTERPOLATION,
@@ -145,6 +152,8 @@ class SegmentationTask(LightningModule):
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
         check_tta(inference_tta, inference_scales, inference_scale_interpolation)
+        if inference_tiles is not None and (len(inference_tiles) != 2 or min(inference_tiles) < 1):
+            raise ValueError(f"inference_tiles must be [height, width] in pixels, got {inference_tiles}")
         if net is None:
             raise ValueError("net must be set: the network to train, e.g. net: {class_path: rsseg.models.D2LS}")
         self.save_hyperparameters()
@@ -157,6 +166,8 @@ class SegmentationTask(LightningModule):
         self.test_metrics: SegmentationMetrics | None = None
         self.test_boundary: BoundaryWFMeasure | None = None
         self.confusion_matrices: dict[str, torch.Tensor] = {}  # the last evaluation's, by prefix (val, test)
+        self.unit_confusion = {prefix: PerUnitConfusion(num_classes) for prefix in ("val", "test")}
+        self.unit_matrices: dict[str, tuple[list[str], np.ndarray]] = {}  # the last evaluation's, by prefix
         self.eval_losses = eval_loss_metrics()
 
     @classmethod
@@ -212,7 +223,8 @@ class SegmentationTask(LightningModule):
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
         """Logits at the input's size, averaged over the test-time augmentations (``inference_tta``,
         ``inference_scales``; one plain pass by default); sliding windows for views larger than
-        ``inference_window``.
+        ``inference_window``; or, with ``inference_tiles``, non-overlapping tiles of a padded frame, each
+        augmented alone (:func:`rsseg.models.sliding_window.padded_tile_logits`).
 
         A uint8 input is a whole tile (``eval_whole_tiles``): each window is normalised on the device
         with the datamodule's statistics and logits accumulate on the CPU, so no float32 copy of the
@@ -222,6 +234,12 @@ class SegmentationTask(LightningModule):
         """
         hp = self.hparams
         preprocess = None if image.is_floating_point() else self._normaliser()
+        if hp.get("inference_tiles"):  # every tile augmented alone, as the released script's ttach wrapper
+            def augmented(tiles: torch.Tensor) -> torch.Tensor:
+                return tta_logits(self, tiles, hp.inference_tta, hp.inference_scales, hp.inference_scale_interpolation)
+
+            return padded_tile_logits(augmented, image, tuple(hp.inference_tiles), batch_size=self.window_batch(image),
+                                      preprocess=preprocess, accumulate_device="cpu" if preprocess else None)
         return tta_logits(lambda view: self._view_logits(view, preprocess), image, hp.inference_tta,
                           hp.inference_scales, hp.inference_scale_interpolation)
 
@@ -266,12 +284,16 @@ class SegmentationTask(LightningModule):
         if batch["image"].is_floating_point():  # whole uint8 tiles: no loss over a tile-sized logit map
             log_eval_loss(self, prefix, self.criterion(logits, batch["mask"]), batch["image"].shape[0])
         pred = logits.argmax(1).to(batch["mask"].device)
-        self._update_metrics(pred, batch["mask"], metrics, prefix)
+        self._update_metrics(pred, batch["mask"], metrics, prefix, batch_units(batch))
         return pred
 
     def _update_metrics(self, pred: torch.Tensor, mask: torch.Tensor, metrics: SegmentationMetrics,
-                        prefix: str) -> None:
+                        prefix: str, units: Sequence[str] | None = None) -> None:
+        """Score predicted labels; ``units`` (:func:`batch_units`) also adds each sample to its unit's
+        matrix (None: not attributed to units, so the epoch keeps no per-unit matrices)."""
         metrics.update(pred, mask)
+        if units is not None:
+            self.unit_confusion[prefix].update(pred, mask, units)
         if prefix == "test" and self.test_boundary is not None:
             self.test_boundary.update(pred, mask)
 
@@ -289,9 +311,31 @@ class SegmentationTask(LightningModule):
         values = {f"{prefix}/{k}": float(v) for k, v in metrics.compute().items()}
         with metrics.sync_context():  # every rank's counts (rows = target, columns = prediction)
             self.confusion_matrices[prefix] = metrics.confmat.detach().cpu().clone()
+        self._keep_unit_matrices(prefix)
         self.log(f"{prefix}/mIoU", values.pop(f"{prefix}/mIoU"), prog_bar=True)
         self.log_dict(values)
         metrics.reset()
+
+    def _keep_unit_matrices(self, prefix: str) -> None:
+        """Every rank's per-unit matrices as ``unit_matrices[prefix]`` (collective), kept only when they add
+        up to the dataset matrix: a unit set missing some samples would bias whatever resamples it."""
+        names, confmats = self.unit_confusion[prefix].compute()
+        self.unit_confusion[prefix].reset()
+        self.unit_matrices.pop(prefix, None)
+        if np.array_equal(confmats.sum(0), self.confusion_matrices[prefix].numpy()):
+            self.unit_matrices[prefix] = (names, confmats)
+        else:
+            rank_zero_warn(f"{prefix}: the per-unit confusion matrices do not add up to the dataset's (samples "
+                           "scored without units); no per-unit matrices are kept")
+
+    def unit_record(self, prefix: str) -> dict[str, np.ndarray]:
+        """``unit_matrices[prefix]`` with what reads it (class names, ignore index, classes left out of the
+        means), as the arrays of ``per_unit_<prefix>.npz`` (:class:`rsseg.callbacks.UnitMatrixWriter`)."""
+        names, confmats = self.unit_matrices[prefix]
+        metrics = self.val_metrics if prefix == "val" else self.test_metrics
+        return {"names": np.array(names, dtype=str), "confmats": confmats,
+                "class_names": np.array(metrics.class_names, dtype=str), "ignore_index": np.array(self.ignore_index),
+                "exclude_from_mean": np.array(metrics.exclude_from_mean, dtype=np.int64)}
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")
@@ -313,6 +357,11 @@ class SegmentationTask(LightningModule):
         ]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=hp.weight_decay)
         return with_schedule(optimizer, hp.scheduler, hp.warmup_steps, self.trainer)
+
+
+def batch_units(batch: dict[str, Any]) -> list[str]:
+    """The evaluation unit of each sample of a batch (:func:`rsseg.metrics.units.unit_names`)."""
+    return unit_names(batch.get("meta"), len(batch["mask"]))
 
 
 def eval_loss_metrics() -> nn.ModuleDict:

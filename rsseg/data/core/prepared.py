@@ -73,6 +73,7 @@ class PreparedPatchDataset(MosaicMixin, Dataset):
 
     dataset_name: ClassVar[str] = ""
     display_name: ClassVar[str] = ""
+    labelled: ClassVar[bool] = True  # False for a split without masks (UAVid's test)
 
     def __init__(
         self,
@@ -142,6 +143,10 @@ class PreparedPatchDataset(MosaicMixin, Dataset):
             )
         return image, mask
 
+    def tile_meta(self, tile: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """``meta`` of a whole stitched tile (:class:`StitchedTileDataset`); ``entry`` is one of its patches."""
+        return {"id": tile, "tile": tile, "height": entry["tile_height"], "width": entry["tile_width"]}
+
     def sample_meta(self, index: int) -> dict[str, Any]:
         """``meta`` of patch ``index`` (from the manifest)."""
         entry = self.patches[index]
@@ -164,7 +169,9 @@ class StitchedTileDataset(Dataset):
 
     For native-resolution evaluation with sliding windows. Images stay uint8 (C×H×W): a 6000² RGB tile
     is 108 MB instead of 432 MB as float32, and the task normalises window by window on its device.
-    Evaluation patches never overlap, so the stitched tile equals the source tile exactly.
+    Every patch holds source pixels (overlapping ones the same), so the stitched tile equals the source tile
+    exactly. An unlabelled split (``labelled = False`` on the patch dataset, e.g. UAVid's test) gives no
+    ``mask``; ``meta`` is the patch dataset's :meth:`PreparedPatchDataset.tile_meta`.
     """
 
     def __init__(self, patches: PreparedPatchDataset) -> None:
@@ -181,6 +188,7 @@ class StitchedTileDataset(Dataset):
         tile = self.names[index]
         entries = [self.patches.patches[i] for i in self.tiles[tile]]
         height, width = entries[0]["tile_height"], entries[0]["tile_width"]
+        labelled = self.patches.labelled
         image: np.ndarray | None = None
         mask = np.full((height, width), self.patches.ignore_index, np.uint8)
         for i, entry in zip(self.tiles[tile], entries, strict=True):
@@ -189,12 +197,13 @@ class StitchedTileDataset(Dataset):
                 image = np.zeros((height, width, patch.shape[2]), np.uint8)
             y, x, h, w = entry["y"], entry["x"], entry["height"], entry["width"]
             image[y : y + h, x : x + w] = patch[:h, :w]
-            mask[y : y + h, x : x + w] = self.patches.read_patch(self.patches.mask_path(i), i)[:h, :w]
-        return {
-            "image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
-            "mask": torch.from_numpy(mask).long(),
-            "meta": {"id": tile, "tile": tile, "height": height, "width": width},
-        }
+            if labelled:
+                mask[y : y + h, x : x + w] = self.patches.read_patch(self.patches.mask_path(i), i)[:h, :w]
+        sample = {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+                  "meta": self.patches.tile_meta(tile, entries[0])}
+        if labelled:
+            sample["mask"] = torch.from_numpy(mask).long()
+        return sample
 
 
 class PreparedRootDataModule(BaseDataModule):

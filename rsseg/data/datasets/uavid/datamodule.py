@@ -54,9 +54,18 @@ class UAVidDataset(PreparedPatchDataset):
     def sample_meta(self, index: int) -> dict[str, Any]:
         return self.frame_meta(index)
 
+    def tile_meta(self, tile: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """A whole stitched frame as one "patch" at (0, 0), so UAVidSubmissionWriter writes it as it comes
+        (whole-frame prediction, e.g. D2LS's 1152×1024 test tiles: ``inference_tiles``)."""
+        height, width = entry["tile_height"], entry["tile_width"]
+        return {**super().tile_meta(tile, entry), "seq": entry["seq"], "frame": entry["frame"], "y": 0, "x": 0,
+                "tile_height": height, "tile_width": width, "frame_patches": 1}
+
 
 class UAVidUnlabelledDataset(UAVidDataset):
     """The test split: image patches only (labels are private), ``{"image", "meta"}`` per sample."""
+
+    labelled = False
 
     def mask_path(self, index: int) -> Path:
         raise DataError(f"{self.root}: the UAVid {self.split} split has no labels")
