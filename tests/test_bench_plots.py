@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from matplotlib.container import ErrorbarContainer
 from matplotlib.image import imread
 
 from rsseg.bench import plots
@@ -13,7 +16,9 @@ from rsseg.bench.plots import (
     error_map,
     file_safe,
     free_colour,
+    interval_note,
     metric_bars,
+    pairwise_grid,
     per_class_heatmap,
     qualitative_panel,
     speed_accuracy,
@@ -43,14 +48,26 @@ REFERRING = [
 
 @pytest.fixture
 def drawn(monkeypatch):
-    """The texts and titles of every figure the plots save, by file name (read before the figure closes)."""
+    """What every figure the plots save draws, by file name (read before the figure closes): title, texts (and
+    where: ``cells``, (x, y) → text), tick labels, bars (centre x → height), error bars (x, bottom, top of each
+    vertical segment, from the ErrorbarContainers' LineCollections) and images (data, NaN where masked; clim)."""
     seen: dict[str, dict] = {}
     save = plots._save
 
     def spy(fig, path, *args, **kwargs):
         ax = fig.axes[0]
-        seen[path.name] = {"title": ax.get_title(), "texts": [t.get_text() for t in ax.texts],
-                           "xticks": [t.get_text() for t in ax.get_xticklabels()]}
+        segments = [segment for container in ax.containers if isinstance(container, ErrorbarContainer)
+                    for collection in container.lines[2] for segment in collection.get_segments()]
+        seen[path.name] = {
+            "title": ax.get_title(), "texts": [t.get_text() for t in ax.texts],
+            "cells": {tuple(map(float, t.get_position())): t.get_text() for t in ax.texts},
+            "xticks": [t.get_text() for t in ax.get_xticklabels()],
+            "yticks": [t.get_text() for t in ax.get_yticklabels()],
+            "bars": {p.get_x() + p.get_width() / 2: p.get_height() for p in ax.patches},
+            "errorbars": sorted((float(s[0, 0]), *sorted(map(float, s[:, 1]))) for s in segments),
+            "images": [(np.ma.filled(im.get_array().astype(float), np.nan), im.get_clim(), im.norm)
+                       for im in ax.images],
+        }
         return save(fig, path, *args, **kwargs)
 
     monkeypatch.setattr(plots, "_save", spy)
@@ -112,6 +129,8 @@ def test_semantic_plots(tmp_path, drawn):
     assert heat["texts"] == ["60.0", "70.0", "30.0", "72.0", "38.0"]  # blank: the reference's car, failed row
     assert "unet (14.0M)" in drawn["speed_accuracy.png"]["texts"]
     assert "majority class" in drawn["speed_accuracy.png"]["texts"]  # as a dashed reference line
+    for name in bars:  # no row has an interval: no error bar, no note, nothing moved
+        assert drawn[name]["errorbars"] == [] and "error bars" not in drawn[name]["title"]
 
 
 def test_referring_plots_have_no_heat_map_and_file_safe_names(tmp_path, drawn):
@@ -179,3 +198,117 @@ def test_panel_draws_the_masks_in_the_palette(tmp_path):
 def test_panel_without_a_palette_uses_default_colours(tmp_path):
     [path] = write_plots(tmp_path, [], SEMANTIC_META, [_sample(np.random.default_rng(1), ["unet"])])
     assert path.name == "qualitative.png" and path.stat().st_size > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Bootstrap intervals (error bars) and paired comparisons (pairwise heat maps)
+
+INTERVALS = {"n_units": 14, "unit": "tiles", "n_resamples": 2000, "level": 0.95}
+
+
+def _with_intervals() -> list[dict]:
+    majority, unet, failed, idgbr = (dict(row) for row in SEMANTIC)
+    majority.update(mIoU_lo=0.1, mIoU_hi=0.3)  # a reference row: never an error bar, whatever it carries
+    unet.update(mIoU_lo=0.45, mIoU_hi=0.58, mIoU_seed_std=0.2, OA_lo=0.7, OA_hi=0.9,
+                Kappa_lo=math.nan, Kappa_hi=0.6, mF1_lo=0.5)  # Kappa: BCa gave NaN; mF1: no upper bound
+    idgbr.update(mIoU_lo=0.52, mIoU_hi=0.6, mIoU_seed_std=0.01,  # seed_std: not drawn
+                 OA_lo=0.83, OA_hi=0.86)  # OA 82 %: below its interval (a bootstrap interval need not hold it)
+    return [majority, unet, failed, idgbr]
+
+
+def test_bar_charts_draw_the_intervals_as_asymmetric_error_bars(tmp_path, drawn):
+    written = write_plots(tmp_path, _with_intervals(), {**SEMANTIC_META, "intervals": INTERVALS})
+    assert {p.name for p in written} >= {"bar_mIoU.png", "bar_OA.png", "bar_Kappa.png", "bar_mF1.png"}
+    miou = drawn["bar_mIoU.png"]
+    # exactly the two methods' bars (x 1 and 3), from lo to hi in %; not the reference (x 0) nor the failed row
+    assert miou["errorbars"] == [pytest.approx((1, 45, 58)), pytest.approx((3, 52, 60))]
+    _, low, high = miou["errorbars"][0]
+    assert (miou["bars"][1] - low, high - miou["bars"][1]) == pytest.approx((5, 8))  # yerr = [value − lo, hi − value]
+    _, low, high = miou["errorbars"][1]
+    assert (miou["bars"][3] - low, high - miou["bars"][3]) == pytest.approx((3, 5))
+    assert miou["texts"] == ["20.0", "50.0", "failed", "55.0"]  # the value labels stay
+    assert miou["title"].endswith("\nerror bars: 95 % bootstrap interval over 14 tiles")
+    # OA: idgbr's 82 % lies below its interval 83–86: the bar still spans exactly lo..hi
+    assert drawn["bar_OA.png"]["errorbars"] == [pytest.approx((1, 70, 90)), pytest.approx((3, 83, 86))]
+    assert drawn["bar_OA.png"]["bars"][3] == pytest.approx(82)
+    for name in ("bar_Kappa.png", "bar_mF1.png", "bar_boundary_WF.png"):  # a NaN bound, a missing one, none
+        assert drawn[name]["errorbars"] == [] and "error bars" not in drawn[name]["title"]
+
+
+def test_the_interval_note_follows_the_bench_meta():
+    assert interval_note({"intervals": INTERVALS}) == "error bars: 95 % bootstrap interval over 14 tiles"
+    referring = {"n_units": 3000, "unit": "expressions", "n_resamples": 1000, "level": 0.9}
+    assert interval_note({"intervals": referring}) == "error bars: 90 % bootstrap interval over 3000 expressions"
+    assert interval_note({}) == "error bars: 95 % bootstrap interval"  # rows with bounds but no meta
+
+
+METHODS = ["unet", "idgbr(unet)", "deeplabv3plus"]  # the non-reference, non-failed rows, in row order
+PAIRWISE_ROWS = [*SEMANTIC, {**SEMANTIC[1], "method": "deeplabv3plus", "mIoU": 0.52}]
+PAIRWISE = {
+    "mIoU": [
+        {"a": "idgbr(unet)", "b": "unet", "difference": 0.05, "low": 0.01, "high": 0.09, "flip_rate": 0.01,
+         "distinguishable": True},
+        {"a": "unet", "b": "deeplabv3plus", "difference": -0.003, "low": -0.01, "high": 0.004, "flip_rate": 0.3,
+         "distinguishable": False},
+        # both orders given: drawn as given
+        {"a": "idgbr(unet)", "b": "deeplabv3plus", "difference": 0.03, "low": 0.0, "high": 0.06, "flip_rate": 0.06,
+         "distinguishable": False},
+        {"a": "deeplabv3plus", "b": "idgbr(unet)", "difference": -0.03, "low": -0.06, "high": 0.0,
+         "flip_rate": 0.06, "distinguishable": False},
+        # a reference and a failed method: not in the map
+        {"a": "unet", "b": "majority class", "difference": 0.3, "low": 0.2, "high": 0.4, "flip_rate": 0.0,
+         "distinguishable": True},
+        {"a": "d2ls", "b": "unet", "difference": 0.1, "low": 0.05, "high": 0.2, "flip_rate": 0.0,
+         "distinguishable": True},
+    ],
+    "Pr@0.5": [{"a": "unet", "b": "idgbr(unet)", "difference": 0.2, "low": 0.1, "high": 0.3, "flip_rate": 0.0,
+                "distinguishable": True}],
+    "OA": [],  # no comparison: no file
+}
+# (row, column) → (difference in points, distinguishable), both directions
+EXPECTED = {(1, 0): (5.0, True), (0, 1): (-5.0, True), (0, 2): (-0.3, False), (2, 0): (0.3, False),
+            (1, 2): (3.0, False), (2, 1): (-3.0, False)}
+
+
+def test_pairwise_heat_map_draws_each_difference_both_ways_and_marks_the_indistinguishable(tmp_path, drawn):
+    meta = {**SEMANTIC_META, "pairwise": PAIRWISE, "intervals": INTERVALS}
+    written = {p.name for p in write_plots(tmp_path, PAIRWISE_ROWS, meta)}
+    assert {"pairwise_mIoU.png", "pairwise_Pr0.5.png"} <= written and "pairwise_OA.png" not in written
+    assert (tmp_path / "pairwise_mIoU.png").stat().st_size > 0
+    heat = drawn["pairwise_mIoU.png"]
+    assert heat["xticks"] == METHODS and heat["yticks"] == METHODS
+    assert "potsdam" in heat["title"] and "(SYNTHETIC DATA)" in heat["title"] and "≈" in heat["title"]
+    [(grid, clim, norm)] = heat["images"]
+    assert grid.shape == (3, 3) and np.isnan(np.diag(grid)).all()  # the diagonal is empty
+    for (i, j), (points, _) in EXPECTED.items():
+        assert grid[i, j] == pytest.approx(points)  # row method minus column method, in points
+    assert clim == pytest.approx((-5, 5)) and norm(0.0) == pytest.approx(0.5)  # symmetric: 0 at the map's centre
+    assert set(heat["cells"]) == {(j, i) for i, j in EXPECTED}  # text (x = column, y = row) in every filled cell
+    for (i, j), (points, distinguishable) in EXPECTED.items():
+        text = heat["cells"][(j, i)]
+        assert float(text.split()[0]) == pytest.approx(points) and text.startswith("+" if points > 0 else "-")
+        assert ("≈" in text) == (not distinguishable)
+    assert [t for t in heat["texts"] if "≈" in t] == [heat["cells"][(j, i)] for i in range(3) for j in range(3)
+                                                      if (i, j) in EXPECTED and not EXPECTED[i, j][1]]
+    [(grid, clim, _)] = drawn["pairwise_Pr0.5.png"]["images"]
+    assert grid[0, 1] == pytest.approx(20) and grid[1, 0] == pytest.approx(-20) and np.isnan(grid[:, 2]).all()
+    assert clim == pytest.approx((-20, 20))
+
+
+def test_pairwise_heat_maps_only_with_comparisons(tmp_path):
+    assert not any(p.name.startswith("pairwise_") for p in write_plots(tmp_path, PAIRWISE_ROWS, SEMANTIC_META))
+    one = [SEMANTIC[0], SEMANTIC[1]]  # one method besides the reference: nothing to compare
+    written = write_plots(tmp_path, one, {**SEMANTIC_META, "pairwise": {"mIoU": PAIRWISE["mIoU"]}})
+    assert not any(p.name.startswith("pairwise_") for p in written)
+
+
+def test_pairwise_grid_reads_as_dict_comparisons_and_derives_distinguishable():
+    """``PairedComparison.as_dict`` names the difference ``estimate``; without ``distinguishable`` the interval
+    decides (excludes 0)."""
+    comparisons = [{"a": "unet", "b": "idgbr(unet)", "estimate": -0.05, "low": -0.08, "high": -0.02},
+                   {"a": "deeplabv3plus", "b": "unet", "estimate": 0.01, "low": -0.01, "high": 0.03}]
+    methods, grid, apart = pairwise_grid(PAIRWISE_ROWS, comparisons)
+    assert methods == METHODS
+    assert grid[0, 1] == pytest.approx(-5) and grid[1, 0] == pytest.approx(5) and apart[0, 1] and apart[1, 0]
+    assert grid[2, 0] == pytest.approx(1) and grid[0, 2] == pytest.approx(-1) and not apart[2, 0] | apart[0, 2]
+    assert np.isnan(grid[1, 2]) and np.isnan(grid[2, 1])  # no comparison given

@@ -6,7 +6,11 @@ class, all target, all background) have ``params: 0`` and no speed, failed rows 
 ``failed``. Files (under the run folder):
 
 - ``bar_<metric>.png``: one per headline metric; the name keeps only ``A-Za-z0-9._-`` (``Pr@0.5`` →
-  ``bar_Pr0.5.png``, see :func:`file_safe`);
+  ``bar_Pr0.5.png``, see :func:`file_safe`); a row's ``<metric>_lo``/``<metric>_hi`` (the bootstrap interval)
+  as an error bar on its bar;
+- ``pairwise_<metric>.png``: one per metric of ``meta["pairwise"]`` (the paired bootstrap comparisons, when
+  the bench made them): methods × methods, the difference row − column in points, "≈" on the pairs the
+  bootstrap cannot tell apart (see :func:`pairwise_heatmaps`);
 - ``per_class_iou.png``: methods × classes (semantic segmentation only);
 - ``speed_accuracy.png``: inference images/s against the first headline metric (mIoU, or oIoU);
 - ``qualitative.png``: the prediction panel, when the bench kept test samples.
@@ -96,7 +100,13 @@ def file_safe(name: str) -> str:
 
 def metric_bars(run_dir: Path, rows: list[dict], meta: dict) -> list[Path]:
     """``bar_<metric>.png`` per headline metric that some row has: methods in row order, the value in % on
-    each bar, reference rows grey and hatched, failed methods (and ones without the metric) a labelled gap."""
+    each bar, reference rows grey and hatched, failed methods (and ones without the metric) a labelled gap.
+
+    A row with finite ``<metric>_lo`` ≤ ``<metric>_hi`` (the bench's bootstrap interval, a fraction like the
+    metric) gets a black error bar from lo to hi in % (``yerr = [value − lo, hi − value]``), its value label
+    above the bar's top; rows without both keys get none, reference rows never (``<metric>_seed_std`` is not
+    drawn). A note under the title says what the bars are: "error bars: 95 % bootstrap interval over <n>
+    <units>" from ``meta["intervals"]`` (``n_units``, ``unit``, ``level``), shortened when it is absent."""
     written = []
     for key in headline_metrics(meta["task"], rows):
         values = [100 * _value(row, key) for row in rows]
@@ -105,14 +115,39 @@ def metric_bars(run_dir: Path, rows: list[dict], meta: dict) -> list[Path]:
     return written
 
 
+def bar_interval(row: dict, key: str) -> tuple[float, float] | None:
+    """The row's interval of ``key`` in % (lo, hi), None where it has none: a reference or failed row, a key
+    missing, a bound not finite (BCa gives NaN on a degenerate resample distribution), or lo > hi."""
+    low, high = 100 * _value(row, f"{key}_lo"), 100 * _value(row, f"{key}_hi")
+    if _is_reference(row) or row.get("failed") or not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        return None
+    return low, high
+
+
+def _level(meta: dict) -> str:
+    """``meta["intervals"]["level"]`` (0.95 or 95) as "95 %"; 95 % where the bench gives none."""
+    level = _value(meta.get("intervals") or {}, "level")
+    level = 0.95 if math.isnan(level) else level
+    return f"{100 * level if level <= 1 else level:g} %"
+
+
+def interval_note(meta: dict) -> str:
+    """What the bar charts' error bars are: "error bars: 95 % bootstrap interval over 14 tiles"."""
+    intervals = meta.get("intervals") or {}
+    over = f" over {intervals['n_units']} {intervals.get('unit', 'units')}" if "n_units" in intervals else ""
+    return f"error bars: {_level(meta)} bootstrap interval{over}"
+
+
 def _metric_bar(path: Path, rows: list[dict], values: list[float], key: str, meta: dict) -> Path:
     from matplotlib.patches import Patch
 
     plt = _pyplot()
     colours = _colours(rows)
+    intervals = [bar_interval(row, key) if not math.isnan(v) else None for row, v in zip(rows, values, strict=True)]
     fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(rows) + 2), 4.0))
-    bottom = min(0.0, min(v for v in values if not math.isnan(v)) - 10)  # Kappa can be negative
-    for i, (row, value) in enumerate(zip(rows, values, strict=True)):
+    lowest = min([v for v in values if not math.isnan(v)] + [lo for lo, _ in filter(None, intervals)])
+    bottom = min(0.0, lowest - 10)  # Kappa can be negative
+    for i, (row, value, interval) in enumerate(zip(rows, values, intervals, strict=True)):
         if math.isnan(value):
             gap = "failed" if row.get("failed") else "n/a"
             ax.text(i, 2, gap, rotation=90, ha="center", va="bottom", fontsize=8,
@@ -121,13 +156,24 @@ def _metric_bar(path: Path, rows: list[dict], values: list[float], key: str, met
         reference = _is_reference(row)
         ax.bar(i, value, width=0.7, color=colours[row["method"]], hatch="//" if reference else None,
                edgecolor="0.35", linewidth=0.6)
-        ax.text(i, value + (1 if value >= 0 else -1), f"{value:.1f}", ha="center",
+        top = value if interval is None or value < 0 else max(value, interval[1])
+        ax.text(i, top + (1 if value >= 0 else -1), f"{value:.1f}", ha="center",
                 va="bottom" if value >= 0 else "top", fontsize=8)
+    drawn = [(i, value, *interval) for i, (value, interval) in enumerate(zip(values, intervals, strict=True))
+             if interval is not None]
+    if drawn:
+        # anchored at the value, or at the nearest bound where the interval leaves it out (a bootstrap interval
+        # need not contain the full-data value): the bar always spans exactly lo..hi, and yerr stays ≥ 0
+        x, value, low, high = np.array(drawn).T
+        anchor = np.clip(value, low, high)
+        ax.errorbar(x, anchor, yerr=[anchor - low, high - anchor], fmt="none", ecolor="black", elinewidth=1.0,
+                    capsize=3, zorder=3)
     ax.set_xticks(range(len(rows)), [row["method"] for row in rows], rotation=30, ha="right", fontsize=8)
     ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_ylim(bottom, 108)
     ax.set_ylabel(f"{key} (%)")
-    ax.set_title(_title(meta, key), fontsize=9)
+    title = _title(meta, key)
+    ax.set_title(f"{title}\n{interval_note(meta)}" if drawn else title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     if any(_is_reference(row) for row in rows):
@@ -196,6 +242,70 @@ def speed_accuracy(run_dir: Path, rows: list[dict], meta: dict) -> Path | None:
     ax.set_title(_title(meta, f"speed vs {key}; marker area ∝ parameters (M)"), fontsize=9)
     ax.grid(alpha=0.3, which="both")
     return _save(fig, Path(run_dir) / "speed_accuracy.png")
+
+
+def pairwise_grid(rows: list[dict], comparisons: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Methods (row order, reference and failed rows left out), the difference row − column in points
+    (NaN on the diagonal and where no comparison is given) and whether each pair is distinguishable.
+
+    A comparison ``{"a", "b", "difference" (or ``estimate``, as ``PairedComparison.as_dict`` writes it),
+    "low", "high", "distinguishable"}`` fills (a, b); its mirror (b, a), the negated difference, unless the
+    comparisons give (b, a) themselves. Without ``distinguishable``: the interval [low, high] excludes 0.
+    Comparisons with a method not among the rows' (a reference, a failed one) are left out."""
+    methods = [row["method"] for row in rows if not _is_reference(row) and not row.get("failed")]
+    index = {m: i for i, m in enumerate(methods)}
+    n = len(methods)
+    grid, apart = np.full((n, n), np.nan), np.zeros((n, n), dtype=bool)
+    given: set[tuple[int, int]] = set()
+    for c in comparisons:
+        a, b = index.get(c.get("a")), index.get(c.get("b"))
+        if a is None or b is None or a == b:
+            continue
+        difference = _value(c, "difference") if "difference" in c else _value(c, "estimate")
+        low, high = _value(c, "low"), _value(c, "high")
+        distinguishable = bool(c["distinguishable"]) if "distinguishable" in c else bool(low > 0 or high < 0)
+        grid[a, b], apart[a, b] = 100 * difference, distinguishable
+        given.add((a, b))
+        if (b, a) not in given:  # the mirror, until the comparisons give it
+            grid[b, a], apart[b, a] = -100 * difference, distinguishable
+    return methods, grid, apart
+
+
+def pairwise_heatmaps(run_dir: Path, rows: list[dict], meta: dict) -> list[Path]:
+    """``pairwise_<metric>.png`` per metric of ``meta["pairwise"]`` (metric → paired bootstrap comparisons, see
+    :func:`pairwise_grid`): methods × methods in row order, each cell the difference metric(row) −
+    metric(column) in points ("+1.3"), coloured on a diverging map centred at 0 (limits ±the largest
+    |difference|), the diagonal empty. Pairs that are NOT distinguishable (their interval includes 0) carry the
+    text "≈" after the number (no hatch). Nothing without ``meta["pairwise"]``; a metric with fewer than two
+    methods or no comparison among them is skipped."""
+    written = []
+    for metric, comparisons in (meta.get("pairwise") or {}).items():
+        methods, grid, apart = pairwise_grid(rows, list(comparisons or []))
+        if len(methods) >= 2 and not np.isnan(grid).all():
+            path = Path(run_dir) / f"pairwise_{file_safe(metric)}.png"
+            written.append(_pairwise_heatmap(path, methods, grid, apart, metric, meta))
+    return written
+
+
+def _pairwise_heatmap(path: Path, methods: list[str], grid: np.ndarray, apart: np.ndarray, metric: str,
+                      meta: dict) -> Path:
+    plt = _pyplot()
+    n = len(methods)
+    limit = float(np.nanmax(np.abs(grid))) or 1.0  # all ties: any symmetric range
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 3), max(3.5, 0.6 * n + 2)))  # room for the title
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    for (i, j), value in np.ndenumerate(grid):
+        if not math.isnan(value):
+            ax.text(j, i, f"{value:+.1f}" + ("" if apart[i, j] else " ≈"), ha="center", va="center", fontsize=8,
+                    color="white" if abs(value) > 0.6 * limit else "black")
+    ax.set_xticks(range(n), methods, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(n), methods, fontsize=8)
+    ax.set_xlabel("column method", fontsize=8)
+    ax.set_ylabel("row method", fontsize=8)
+    fig.colorbar(image, ax=ax, label=f"{metric}: row − column (points)", fraction=0.05, pad=0.02)
+    note = f"≈: not distinguishable ({_level(meta)} paired bootstrap interval includes 0)"
+    ax.set_title(f"{_title(meta, f'{metric}: pairwise difference, row − column')}\n{note}", fontsize=9)
+    return _save(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,9 +429,11 @@ def _panel_legend(palette, class_names: Sequence[str], ignore) -> list:
 
 def write_plots(run_dir: Path, rows: list[dict], meta: dict, samples: list[dict] | None = None,
                 palette: Sequence[Sequence[int]] | None = None, class_names: Sequence[str] | None = None) -> list[Path]:
-    """Every picture the rows (and, for ``qualitative.png``, the samples) allow; the files written."""
+    """Every picture the rows (and, for ``qualitative.png``, the samples; for ``pairwise_<metric>.png``,
+    ``meta["pairwise"]``) allow; the files written."""
     written = metric_bars(run_dir, rows, meta)
     written += [p for p in (per_class_heatmap(run_dir, rows, meta), speed_accuracy(run_dir, rows, meta)) if p]
+    written += pairwise_heatmaps(run_dir, rows, meta)
     if samples:
         palette = list(palette) if palette else default_palette(samples)
         names = list(class_names) if class_names else [str(i) for i in range(len(palette))]

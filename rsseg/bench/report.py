@@ -143,13 +143,53 @@ def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
         elif row.get("note"):
             notes.append(row["note"])
             method += " " + "†" * len(notes)
-        cells = [method, *(_fmt(row.get(k, float("nan"))) for k in metrics),
+        cells = [method, *(_with_interval(row, k) for k in metrics),
                  f"{params / 1e6:.2f}" if params else "–",
                  *(_fmt_plain(row.get(k)) for k in COST_COLUMNS[1:])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"{'†' * (i + 1)} {note}" for i, note in enumerate(notes)] if notes else []
+    lines += interval_lines(meta)
     lines += comparison_lines(rows)
     write_text_atomically(run_dir / "results.md", "\n".join(lines) + "\n")
+
+
+def _with_interval(row: dict, key: str) -> str:
+    """The cell of a metric: its value, and ``[low, high]`` when the row has its bootstrap interval."""
+    low, high = row.get(f"{key}_lo"), row.get(f"{key}_hi")
+    cell = _fmt(row.get(key, float("nan")))
+    if isinstance(low, float) and isinstance(high, float) and math.isfinite(low) and math.isfinite(high):
+        cell += f" [{100 * low:.1f}, {100 * high:.1f}]"
+    return cell
+
+
+def interval_lines(meta: dict) -> list[str]:
+    """What the intervals are, the paired differences (marked when the test set cannot tell them apart)
+    and how firmly each method holds its rank (``meta`` from :func:`rsseg.bench.intervals.add_intervals`)."""
+    info = meta.get("intervals")
+    if not info:
+        return []
+    lines = ["", f"[low, high]: {100 * info['level']:.0f} % percentile bootstrap interval over the "
+             f"{info['n_units']} evaluation {info['unit']} ({info['n_resamples']} resamples, seed {info['seed']}: "
+             f"{info['resampled']}). It shows how much another test set like this one could move a number; "
+             "it says nothing about another training seed."]
+    for metric, pairs in meta.get("pairwise", {}).items():
+        if not pairs:
+            continue
+        lines += ["", f"Paired differences in {metric} (points; same resamples for both methods; flips = share of "
+                  "resamples where the order reverses):", "", "| a − b | Δ | interval | flips | |",
+                  "|---|---|---|---|---|"]
+        for pair in pairs:
+            verdict = "" if pair["distinguishable"] else "not distinguishable on this test set"
+            lines.append(f"| {pair['a']} − {pair['b']} | {100 * pair['difference']:+.2f} | "
+                         f"[{100 * pair['low']:+.2f}, {100 * pair['high']:+.2f}] | {pair['flip_rate']:.3f} | "
+                         f"{verdict} |")
+    for metric, ranks in meta.get("rank_stability", {}).items():
+        order = sorted(ranks, key=lambda m: ranks[m]["rank"])
+        lines += ["", f"Rank stability in {metric} (share of resamples where each method keeps its rank):", "",
+                  "| rank | method | holds it | mean rank |", "|---|---|---|---|"]
+        lines += [f"| {ranks[m]['rank']} | {m} | {ranks[m]['stability']:.3f} | {ranks[m]['mean_rank']:.2f} |"
+                  for m in order]
+    return lines
 
 
 def _incomplete_note(meta: dict) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from rsseg.bench.intervals import add_intervals
 from rsseg.bench.plan import BenchPlan, load_plan, merged_config
 from rsseg.bench.plots import write_plots
 from rsseg.bench.refine import RefinerStages, write_coarse_maps
@@ -287,6 +288,7 @@ class Progress:
             self.meta["interrupted"] = self.interrupted
         self.manifest["methods"] = manifest_methods(self.rows)
         write_text_atomically(self.run_dir / "manifest.json", json_text(self.manifest))
+        add_intervals(self.rows, self.meta)  # recomputed as rows arrive: every row on the same resamples
         write_report(self.run_dir, self.rows, self.meta)
 
 

@@ -1,4 +1,5 @@
-"""The bench's W&B summary run: the comparison table as a W&B Table, the plots, and the manifest.
+"""The bench's W&B summary run: the comparison table (intervals included) and each metric's paired differences
+as W&B Tables, the plots, and the manifest.
 
 It joins the dataset's group beside the methods' own runs, so a W&B workspace filtered by group (and by the
 bench's ``bench-<time>`` tag) shows the methods side by side.
@@ -10,6 +11,8 @@ import math
 from pathlib import Path
 
 from rsseg.tracking import wandb_mode, wandb_project
+
+PAIR_COLUMNS = ["a", "b", "difference", "low", "high", "flip_rate", "distinguishable"]  # bench.intervals' pairs
 
 
 def table_columns(rows: list[dict]) -> list[str]:
@@ -40,7 +43,10 @@ def log_summary_run(run_dir: Path, rows: list[dict], meta: dict, manifest: dict,
     try:
         columns = table_columns(rows)
         table = wandb.Table(columns=columns, data=[[_cell(row.get(c)) for c in columns] for row in rows])
-        run.log({"comparison": table, **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}})
+        pairwise = {f"pairwise/{metric}": wandb.Table(columns=PAIR_COLUMNS,
+                                                       data=[[pair[c] for c in PAIR_COLUMNS] for pair in pairs])
+                    for metric, pairs in meta.get("pairwise", {}).items() if pairs}
+        run.log({"comparison": table, **pairwise, **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}})
         for row in rows:
             for key, value in row.items():
                 if isinstance(value, float) and not math.isnan(value):
