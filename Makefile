@@ -24,8 +24,9 @@ test: install
 mutants: install
 	$(BIN)/python -m tests.mutants.run $(if $(GROUP),--group $(call quote,$(GROUP)),)
 
-# make bench DATASET=potsdam|vaihingen|chn6cug|refsegrs|loveda|uavid [DATA_ROOT=…] [PROFILE=smoke|paper]
-#            [METHODS=unet,d2ls] [DEVICES=2 STRATEGY=ddp]   (DEVICES/STRATEGY go to every method's Lightning trainer)
+# make bench DATASET=potsdam|vaihingen|chn6cug|refsegrs|rrsisd|loveda|uavid [DATA_ROOT=…] [PROFILE=smoke|paper]
+#            [METHODS=unet,d2ls] [SEEDS=3] [DEVICES=2 STRATEGY=ddp]   (SEEDS=N: seeds 0…N-1 per method;
+#            DEVICES/STRATEGY go to every method's Lightning trainer)
 # Every value reaches rsseg as one shell-quoted argument: spaces stay in it, `;` or `$(…)` never run.
 quote = '$(subst ','"'"',$(1))'
 
@@ -33,6 +34,7 @@ bench: install
 	$(call quote,$(BIN)/rsseg) bench $(call quote,$(DATASET)) --profile $(call quote,$(PROFILE)) \
 		$(if $(DATA_ROOT),--data-root $(call quote,$(DATA_ROOT)),) \
 		$(if $(METHODS),--methods $(call quote,$(METHODS)),) \
+		$(if $(SEEDS),--seed-count $(call quote,$(SEEDS)),) \
 		$(if $(DEVICES)$(STRATEGY),-- $(if $(DEVICES),--trainer.devices $(call quote,$(DEVICES)),) \
 		$(if $(STRATEGY),--trainer.strategy $(call quote,$(STRATEGY)),),)
 

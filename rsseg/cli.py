@@ -82,6 +82,11 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="smoke (minutes on a CPU, offline small models) or paper (the papers' schedules and "
                        "models); default: smoke")
     bench.add_argument("--methods", default=None, help="comma-separated subset of methods")
+    seeds = bench.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=_seed_list, default=None, metavar="S,S,…",
+                       help="train and test every method once per seed (the table shows mean ± std across seeds)")
+    seeds.add_argument("--seed-count", type=_positive_int, default=None, metavar="N",
+                       help="the same as --seeds 0,1,…,N-1 (make bench SEEDS=N)")
     bench.add_argument("--out", default="results/bench", help="results folder")
     bench.add_argument("--cache", default=".cache/rsseg", help="folder for synthetic and prepared data")
     bench.add_argument("--refiner-args", default="", type=shlex.split, metavar="ARGS",
@@ -94,6 +99,27 @@ def _build_parser() -> argparse.ArgumentParser:
 def _dataset_key(name: str) -> str:
     """A dataset's key; also accepts the configs' file spelling (``chn6_cug`` for ``chn6cug``)."""
     return name.lower().replace("_", "")
+
+
+def _seed_list(text: str) -> list[int]:
+    """``0,1,2`` → [0, 1, 2]: distinct non-negative integers."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct and non-negative, got {text!r}")
+    return seeds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -219,7 +245,8 @@ def _run_command(args: argparse.Namespace) -> int:
         try:
             run_bench(args.dataset, data_root=args.data_root, profile=args.profile, methods=methods,
                       out=args.out, cache=args.cache, lightning_args=args.lightning_args,
-                      refiner_args=args.refiner_args, refiner_stage_args=args.refiner_stage_args)
+                      refiner_args=args.refiner_args, refiner_stage_args=args.refiner_stage_args,
+                      seeds=args.seeds or (list(range(args.seed_count)) if args.seed_count else None))
         except BenchFailed as failed:
             print(f"rsseg bench: error: {failed}", file=sys.stderr)
             return 1

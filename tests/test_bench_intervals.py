@@ -81,3 +81,46 @@ def test_no_units_no_intervals(tmp_path):
     rows, meta = [{"method": "unet", "mIoU": 0.5, "per_unit": ""}], dict(META)
     add_intervals(rows, meta)
     assert "intervals" not in meta and "mIoU_lo" not in rows[0]
+
+
+def test_seeds_give_mean_std_and_the_interval_of_the_seed_mean(tmp_path):
+    """Two seeds of one method: the row's metric is their mean, ``_seed_std`` their sample std, and its
+    interval that of the per-resample seed mean (mean_interval), shown as value ± std [low, high]."""
+    from rsseg.bench.runner import seed_row
+    from rsseg.metrics.bootstrap import mean_interval
+
+    runs = [{**_row(tmp_path, f"s{seed}", _confmats(seed)), "method": "unet", "seed": seed, "checkpoint": f"c{seed}",
+             "train_time_s": 1.0 + seed, "params": 7} for seed in (0, 1)]
+    row = seed_row(runs)
+    assert row["mIoU"] == pytest.approx((runs[0]["mIoU"] + runs[1]["mIoU"]) / 2)
+    assert row["mIoU_seed_std"] == pytest.approx(abs(runs[0]["mIoU"] - runs[1]["mIoU"]) / 2 ** 0.5)
+    assert row["seed"] == [0, 1] and row["per_unit"] == [runs[0]["per_unit"], runs[1]["per_unit"]]
+    assert [r["seed"] for r in row["seed_runs"]] == [0, 1] and row["params"] == 7
+    assert seed_row([runs[0], {"method": "unet", "failed": "boom"}]) == {"method": "unet", "failed": "boom"}
+
+    meta = dict(META)
+    add_intervals([row], meta)
+    counts = resample_counts(6, N_RESAMPLES, SEED)
+    expected = mean_interval([semantic_bootstrap(_confmats(s), exclude_from_mean=(2,), counts=counts)["mIoU"]
+                              for s in (0, 1)])
+    assert (row["mIoU_lo"], row["mIoU_hi"]) == (expected.low, expected.high)
+    write_report(tmp_path, [row], meta)
+    md = (tmp_path / "results.md").read_text()
+    assert (f"| unet | {100 * row['mIoU']:.2f} ± {100 * row['mIoU_seed_std']:.2f} "
+            f"[{100 * expected.low:.1f}, {100 * expected.high:.1f}]") in md
+    assert "over each method's 2 training seeds" in md
+
+
+def test_the_command_line_passes_seeds_to_the_bench(monkeypatch):
+    from rsseg import cli
+    from rsseg.bench import runner
+
+    seen = []
+    monkeypatch.setattr(runner, "run_bench", lambda *a, **k: seen.append(k["seeds"]))
+    assert cli.main(["bench", "refsegrs", "--seeds", "3,1"]) == 0
+    assert cli.main(["bench", "refsegrs", "--seed-count", "2"]) == 0
+    assert cli.main(["bench", "refsegrs"]) == 0
+    assert seen == [[3, 1], [0, 1], None]
+    for bad in (["--seeds", "1,1"], ["--seeds", "a"], ["--seed-count", "0"], ["--seeds", "1", "--seed-count", "2"]):
+        with pytest.raises(SystemExit):
+            cli.main(["bench", "refsegrs", *bad])

@@ -13,7 +13,9 @@ import torch
 from rsseg.metrics import ReferringMetrics
 from rsseg.metrics.bootstrap import (
     bca_parameters,
+    mean_interval,
     paired_bootstrap,
+    paired_from_intervals,
     paired_referring_bootstrap,
     rank_stability,
     ratio_bootstrap,
@@ -267,3 +269,23 @@ def test_input_checks():
         referring_bootstrap([3, 1], [2, 1])
     with pytest.raises(ValueError, match="differ in shape"):
         paired_bootstrap(UNITS, UNITS[:2])
+
+
+def test_seed_means_and_pairs_from_intervals_on_the_same_resamples():
+    """mean_interval averages the runs' resampled values one resample at a time; paired_from_intervals is
+    paired_bootstrap's percentile comparison (the same per-resample differences)."""
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(1, 50, (8, 3, 3)), rng.integers(1, 50, (8, 3, 3))
+    counts = resample_counts(8, 300, seed=1)
+    ia, ib = semantic_bootstrap(a, counts=counts)["mIoU"], semantic_bootstrap(b, counts=counts)["mIoU"]
+    mean = mean_interval([ia, ib])
+    np.testing.assert_array_equal(mean.samples, (ia.samples + ib.samples) / 2)
+    assert mean.estimate == (ia.estimate + ib.estimate) / 2
+    assert (mean.low, mean.high) == tuple(np.nanquantile(mean.samples, [0.025, 0.975]))
+    assert mean_interval([ia]).samples.tolist() == ia.samples.tolist()
+    direct = paired_bootstrap(a, b, "mIoU", counts)
+    from_intervals = paired_from_intervals("mIoU", ia, ib)
+    assert (from_intervals.difference.low, from_intervals.difference.high, from_intervals.flip_rate) == (
+        direct.difference.low, direct.difference.high, direct.flip_rate)
+    with pytest.raises(ValueError, match="resampled alike"):
+        paired_from_intervals("mIoU", ia, semantic_bootstrap(b, n_resamples=10)["mIoU"])

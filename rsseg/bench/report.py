@@ -148,21 +148,24 @@ def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
                  *(_fmt_plain(row.get(k)) for k in COST_COLUMNS[1:])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"{'†' * (i + 1)} {note}" for i, note in enumerate(notes)] if notes else []
-    lines += interval_lines(meta)
+    lines += interval_lines(rows, meta)
     lines += comparison_lines(rows)
     write_text_atomically(run_dir / "results.md", "\n".join(lines) + "\n")
 
 
 def _with_interval(row: dict, key: str) -> str:
-    """The cell of a metric: its value, and ``[low, high]`` when the row has its bootstrap interval."""
-    low, high = row.get(f"{key}_lo"), row.get(f"{key}_hi")
+    """The cell of a metric: its value (the mean over seeds, ± their std, when the bench ran several) and
+    ``[low, high]`` when the row has its bootstrap interval."""
+    low, high, spread = row.get(f"{key}_lo"), row.get(f"{key}_hi"), row.get(f"{key}_seed_std")
     cell = _fmt(row.get(key, float("nan")))
+    if isinstance(spread, float) and math.isfinite(spread):
+        cell += f" ± {100 * spread:.2f}"
     if isinstance(low, float) and isinstance(high, float) and math.isfinite(low) and math.isfinite(high):
         cell += f" [{100 * low:.1f}, {100 * high:.1f}]"
     return cell
 
 
-def interval_lines(meta: dict) -> list[str]:
+def interval_lines(rows: list[dict], meta: dict) -> list[str]:
     """What the intervals are, the paired differences (marked when the test set cannot tell them apart)
     and how firmly each method holds its rank (``meta`` from :func:`rsseg.bench.intervals.add_intervals`)."""
     info = meta.get("intervals")
@@ -172,6 +175,10 @@ def interval_lines(meta: dict) -> list[str]:
              f"{info['n_units']} evaluation {info['unit']} ({info['n_resamples']} resamples, seed {info['seed']}: "
              f"{info['resampled']}). It shows how much another test set like this one could move a number; "
              "it says nothing about another training seed."]
+    seeds = sorted({len(row["seed_runs"]) for row in rows if row.get("seed_runs")})
+    if seeds:
+        lines += ["", f"± : standard deviation (ddof 1) over each method's {' or '.join(map(str, seeds))} training "
+                  "seeds, whose mean the value is; its [low, high] is then the interval of that seed mean."]
     for metric, pairs in meta.get("pairwise", {}).items():
         if not pairs:
             continue

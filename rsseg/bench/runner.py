@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -18,7 +19,7 @@ from rsseg.bench.intervals import add_intervals
 from rsseg.bench.plan import BenchPlan, load_plan, merged_config
 from rsseg.bench.plots import write_plots
 from rsseg.bench.refine import RefinerStages, write_coarse_maps
-from rsseg.bench.report import constant_mask_rows, json_text, majority_class_row, write_report
+from rsseg.bench.report import COST_COLUMNS, constant_mask_rows, json_text, majority_class_row, write_report
 from rsseg.bench.runs import Tracking, announce, close_failed_run, fit_and_test
 from rsseg.bench.sources import resolve_prepared_root
 from rsseg.bench.summary import log_summary_run
@@ -31,17 +32,43 @@ log = logging.getLogger(__name__)
 
 
 def run_method(method: str, config: Path, plan: BenchPlan, root: Path, run_dir: Path, tracking: Tracking,
-               lightning_args: list[str] = (), coarse_maps: Path | None = None):
+               lightning_args: list[str] = (), coarse_maps: Path | None = None, seed: int | None = None):
     """Fit then test one method through the same LightningCLI that ``rsseg fit`` uses; with
     ``coarse_maps``, then write its predictions of every split there as coarse maps for the refiner.
+    ``seed`` replaces the config's ``seed_everything`` (the run's folder and W&B name get ``-seed<N>``).
     Its row and its first test samples."""
     args = [*plan.config_args(method), "--data.init_args.root", str(root), *prepared_protocol(root),
-            *lightning_args]
-    row, cli, best, samples = fit_and_test(method, args, run_dir, tracking, plan.evaluate)
+            *lightning_args, *(["--seed_everything", str(seed)] if seed is not None else [])]
+    name = method if seed is None else f"{method}-seed{seed}"
+    row, cli, best, samples = fit_and_test(name, args, run_dir, tracking, plan.evaluate)
     if coarse_maps is not None:
         announce(method, "writing coarse maps for the refiner")
         write_coarse_maps(cli, best, method, coarse_maps)
     return {"method": method, "configs": [str(f) for f in plan.config_files(method)], **row}, samples
+
+
+SEED_LISTS = ("per_unit", "checkpoint", "seed")  # kept per seed, in seed order
+
+
+def seed_row(runs: list[dict]) -> dict:
+    """One method's row from its runs with several seeds: a failed or interrupted run's row as it is, else
+    every metric's mean over the seeds with ``<metric>_seed_std`` (sample std, ddof 1) beside it, the mean
+    training time, the per-seed values under ``seed_runs``, and the per-seed files, checkpoints and seeds
+    as lists; costs (parameters, FLOPs, speed, memory) are the first seed's."""
+    stopped = [r for r in runs if "failed" in r or "interrupted" in r]
+    if stopped or len(runs) == 1:
+        return stopped[0] if stopped else runs[0]
+    row = dict(runs[0])
+    metrics = [k for k, v in runs[0].items() if isinstance(v, float) and k not in COST_COLUMNS and k not in SEED_LISTS]
+    for key in metrics:
+        values = np.array([r.get(key, np.nan) for r in runs], dtype=np.float64)
+        row[key], row[f"{key}_seed_std"] = float(values.mean()), float(values.std(ddof=1))
+    for key in SEED_LISTS:
+        row[key] = [r.get(key) for r in runs]
+    times = [r.get("train_time_s") for r in runs]
+    row["train_time_s"] = None if None in times else round(float(np.mean(times)), 2)  # per run, as for one seed
+    row["seed_runs"] = [{k: r[k] for k in ("seed", "train_time_s", *metrics) if k in r} for r in runs]
+    return row
 
 
 class BenchFailed(Exception):
@@ -189,13 +216,14 @@ def reference_rows(plan: BenchPlan, root: Path) -> list[dict]:
 def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke",
               methods: list[str] | None = None, out: str = "results/bench",
               cache: str = ".cache/rsseg", lightning_args: list[str] = (), refiner_args: list[str] = (),
-              refiner_stage_args: list[str] = ()) -> Path:
+              refiner_stage_args: list[str] = (), seeds: list[int] | None = None) -> Path:
     """Run the whole comparison; returns the run folder with results.{md,csv,json}, the manifest and plots.
 
     ``lightning_args`` go to every method's run, and their ``--trainer.*`` flags to the refiner's runs too;
     ``refiner_args`` go to the plan's refiner runs (its datamodule wraps the method's, so the methods'
     ``--data``/``--model`` arguments do not fit it) and ``refiner_stage_args`` to the refiner's preliminary
-    stages (label embedding, VAE).
+    stages (label embedding, VAE). ``seeds`` trains and tests every method once per seed; its row holds the
+    mean and the std across seeds (:func:`seed_row`), its interval that of the seed-averaged metric.
 
     The tables are rewritten after every row (``meta["complete"]`` false until the end). A SIGINT/SIGTERM
     stops the bench: the interrupted method's row says so, the tables are written and KeyboardInterrupt is
@@ -217,7 +245,7 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
         run_dir = shared_run_dir(Path(out) / dataset)
         try:
             progress = _run_plan(plan, source, run_dir, profile, references, interrupts, list(lightning_args),
-                                 list(refiner_args), list(refiner_stage_args))
+                                 list(refiner_args), list(refiner_stage_args), seeds)
         except BaseException:
             if not inherited:
                 remove_if_empty(run_dir)
@@ -294,7 +322,7 @@ class Progress:
 
 def _run_plan(plan: BenchPlan, source, run_dir: Path, profile: str, references: list[dict],
               interrupts: Interrupts, lightning_args: list[str], refiner_args: list[str],
-              refiner_stage_args: list[str]) -> Progress:
+              refiner_stage_args: list[str], seeds: list[int] | None = None) -> Progress:
     """Every method of ``plan`` (and its refinement) in ``run_dir``, the tables rewritten after each, then on
     rank 0 the plots and the W&B summary; the rows and which failed. Raises KeyboardInterrupt (after writing
     the tables) when interrupted."""
@@ -314,9 +342,14 @@ def _run_plan(plan: BenchPlan, source, run_dir: Path, profile: str, references: 
         for i, (method, config) in enumerate(plan.configs.items(), 1):
             print(f"\n==> rsseg bench {dataset}: method {i}/{len(plan.configs)}: {method}", flush=True)
             refined = refiner is not None and method in plan.refined
-            row, samples[method] = guarded(method, run_method, method, config, plan, source.prepared, run_dir,
-                                           tracking, list(lightning_args), interrupts=interrupts,
-                                           coarse_maps=refiner.coarse_root if refined else None)
+            runs = []
+            for n, seed in enumerate(seeds or [None]):  # the refiner refines the first seed's maps
+                runs.append(guarded(method, run_method, method, config, plan, source.prepared, run_dir, tracking,
+                                    list(lightning_args), interrupts=interrupts, seed=seed,
+                                    coarse_maps=refiner.coarse_root if refined and n == 0 else None))
+                if "failed" in runs[-1][0] or "interrupted" in runs[-1][0]:
+                    break
+            row, samples[method] = seed_row([r for r, _ in runs]) if seeds else runs[0][0], runs[0][1]
             progress.add(row)
             _stop_if_interrupted(row)
             if refined:

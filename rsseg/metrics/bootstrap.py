@@ -29,7 +29,9 @@ __all__ = [
     "Interval",
     "PairedComparison",
     "bca_parameters",
+    "mean_interval",
     "paired_bootstrap",
+    "paired_from_intervals",
     "paired_referring_bootstrap",
     "rank_stability",
     "ratio_bootstrap",
@@ -269,10 +271,35 @@ def _paired(
     estimate = est_a[metric] - est_b[metric]
     diff = samples_a[metric] - samples_b[metric]
     jack = None if jack_a is None else jack_a[metric] - jack_b[metric]
-    interval = _interval(estimate, diff, jack, method, level, len(units_a))
-    finite = diff[~np.isnan(diff)]
-    flip_rate = float(np.mean(np.sign(finite) != np.sign(estimate))) if finite.size else math.nan
-    return PairedComparison(metric, interval, flip_rate, bool(interval.low > 0 or interval.high < 0))
+    return _comparison(metric, _interval(estimate, diff, jack, method, level, len(units_a)))
+
+
+def _comparison(metric: str, difference: Interval) -> PairedComparison:
+    finite = difference.samples[~np.isnan(difference.samples)]
+    sign = np.sign(difference.estimate)
+    flip_rate = float(np.mean(np.sign(finite) != sign)) if finite.size else math.nan
+    return PairedComparison(metric, difference, flip_rate, bool(difference.low > 0 or difference.high < 0))
+
+
+def mean_interval(intervals: Sequence[Interval]) -> Interval:
+    """The percentile interval of the mean of several runs' metric (e.g. one per training seed) over the same
+    resamples: per resample the runs' values are averaged, so the interval is the test set's variation of
+    the seed-averaged metric (the spread between seeds is a separate number, never folded in here)."""
+    first = intervals[0]
+    if any(len(i.samples) != len(first.samples) or i.n_units != first.n_units for i in intervals):
+        raise ValueError("the runs were not resampled alike (other units or resample counts)")
+    estimate = float(np.mean([i.estimate for i in intervals]))
+    samples = np.mean([i.samples for i in intervals], axis=0)
+    return _interval(estimate, samples, None, "percentile", first.level, first.n_units)
+
+
+def paired_from_intervals(metric: str, a: Interval, b: Interval) -> PairedComparison:
+    """:func:`paired_bootstrap`'s percentile comparison from two methods' intervals of one metric computed
+    on the same resample counts (their resampled values are paired one to one)."""
+    if len(a.samples) != len(b.samples) or a.n_units != b.n_units:
+        raise ValueError("the two intervals were not resampled alike (other units or resample counts)")
+    difference = _interval(a.estimate - b.estimate, a.samples - b.samples, None, "percentile", a.level, a.n_units)
+    return _comparison(metric, difference)
 
 
 def _semantic_units(unit_confmats: np.ndarray | Tensor) -> np.ndarray:
