@@ -202,14 +202,21 @@ class UnitMatrixWriter(Callback):
 
     def _write(self, trainer, pl_module, keys: tuple[str, ...]) -> None:
         kept = getattr(pl_module, "unit_matrices", {})  # the same on every rank: gathered at the epoch's end
-        keys = tuple(key for key in keys if key in kept)
-        if not keys:
-            return
-        folder = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir is collective: every rank asks
-        if trainer.is_global_zero:
-            folder.mkdir(parents=True, exist_ok=True)
-            for key in keys:
-                write_unit_record(folder / f"per_unit_{key}.npz", pl_module.unit_record(key))
+        if any(key in kept for key in keys):
+            folder = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir is collective: every rank asks
+            save_unit_records(trainer, pl_module, keys, folder)
+
+
+def save_unit_records(trainer, pl_module, keys: tuple[str, ...], folder: Path) -> dict[str, Path]:
+    """``folder/per_unit_<key>.npz`` for each of ``keys`` the task kept (rank 0 writes; every rank gets the
+    paths)."""
+    kept = getattr(pl_module, "unit_matrices", {})
+    paths = {key: folder / f"per_unit_{key}.npz" for key in keys if key in kept}
+    if paths and trainer.is_global_zero:
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, path in paths.items():
+            write_unit_record(path, pl_module.unit_record(key))
+    return paths
 
 
 def write_unit_record(path: Path, arrays: dict[str, np.ndarray]) -> Path:

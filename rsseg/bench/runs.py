@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsseg.callbacks import InferenceProfiler, write_unit_record
+from rsseg.callbacks import InferenceProfiler, save_unit_records
 from rsseg.lightning_cli import build_cli
 from rsseg.models.baselines import count_parameters
 from rsseg.tracking import WandbEvaluationLogger, finish_wandb_run, wandb_mode, wandb_project
@@ -61,7 +61,8 @@ def fit_and_test(name: str, args: list[str], run_dir: Path, tracking: Tracking, 
     trainer.callbacks.remove(profiler)
     _close_loggers(trainer)
     prefix = "test/" if evaluate == "test" else "val/"
-    per_unit = _save_unit_record(model, prefix.rstrip("/"), run_dir / name)
+    key = prefix.rstrip("/")
+    per_unit = str(save_unit_records(trainer, model, (key,), run_dir / name).get(key, ""))
     row = {
         **{k.removeprefix(prefix): float(v) for k, v in metrics.items() if k.startswith(prefix)},
         **({"note": model.bench_note} if getattr(model, "bench_note", None) else {}),
@@ -79,17 +80,6 @@ def fit_and_test(name: str, args: list[str], run_dir: Path, tracking: Tracking, 
     samples = next((c for c in trainer.callbacks if isinstance(c, WandbEvaluationLogger) and c.stage == evaluate),
                    None)
     return row, cli, best, samples
-
-
-def _save_unit_record(model, key: str, folder: Path) -> str:
-    """The evaluation's per-unit counts as ``folder/per_unit_<key>.npz`` (for the bench's intervals); "" when
-    the task kept none (rank 0 writes; every rank returns the path)."""
-    if key not in getattr(model, "unit_matrices", {}):
-        return ""
-    path = folder / f"per_unit_{key}.npz"
-    if model.trainer.is_global_zero:
-        write_unit_record(path, model.unit_record(key))
-    return str(path)
 
 
 def fit_stage(name: str, args: list[str], run_dir: Path, tracking: Tracking) -> str:

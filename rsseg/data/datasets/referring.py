@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from rsseg.data.core.datamodule import BaseDataModule
 from rsseg.data.core.errors import DataError
-from rsseg.data.core.transforms import normalise, seeded_compose
+from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise, seeded_compose
 
 logger = logging.getLogger(__name__)
 
@@ -96,34 +96,44 @@ class ReferredObject(Protocol):
 
 
 class ReferringDataset(Dataset):
-    """Sampling and samples of one split; a subclass lists ``objects`` and reads their pixels.
+    """Sampling and samples of one split under ``root``; a subclass lists its objects and reads their pixels.
 
-    Subclasses call ``__init__`` with the options, fill ``self.objects``, call ``tokenize_objects`` and
-    implement ``read_object`` (native RGB uint8 image and {0,1} uint8 mask) and ``extra_meta``.
-    ``eval_mode`` defaults to True for val/test (every sentence) and False for train (one random sentence
-    per object per access).
+    Subclasses implement ``list_objects`` (the split's objects, their files checked), ``read_object``
+    (native RGB uint8 image and {0,1} uint8 mask) and ``extra_meta``. ``tokenizer`` is a hub id, a local
+    folder or a loaded tokenizer. ``eval_mode`` defaults to True for val/test (every sentence) and False for
+    train (one random sentence per object per access).
     """
 
     objects: list[ReferredObject]
 
     def __init__(
         self,
-        split: str,
-        image_size: int | None,
-        eval_mode: bool | None,
-        native_mask: bool,
-        transform: A.Compose | None,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
+        root: str | Path,
+        split: str = "train",
+        tokenizer: Any = DEFAULT_TOKENIZER,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        image_size: int | None = LAVT_IMAGE_SIZE,
+        eval_mode: bool | None = None,
+        native_mask: bool = False,
+        transform: A.Compose | None = None,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
     ) -> None:
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be positive or None, got {image_size}")
+        self.root = Path(root)
         self.split = split
         self.image_size = image_size
         self.eval_mode = split != "train" if eval_mode is None else eval_mode
         self.native_mask = native_mask
         self.transform = transform
         self.mean, self.std = mean, std
+        self.objects = self.list_objects()
+        self.tokenize_objects(tokenizer, max_tokens)
+
+    def list_objects(self) -> list:
+        """The split's referred objects, each with its sentences, once its files are checked."""
+        raise NotImplementedError
 
     def tokenize_objects(self, tokenizer: Any, max_tokens: int) -> None:
         """Tokenise every sentence of ``self.objects`` once; keeps the tokens, never the tokenizer."""

@@ -48,18 +48,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
 import numpy as np
 
 from rsseg.data.core.errors import DataError
 from rsseg.data.core.io import read_image
 from rsseg.data.core.spec import IGNORE_INDEX, DatasetSpec
-from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rsseg.data.datasets.chn6cug import binarise_mask
 from rsseg.data.datasets.referring import (
-    DEFAULT_MAX_TOKENS,
-    DEFAULT_TOKENIZER,
-    LAVT_IMAGE_SIZE,
     ReferringDataModule,
     ReferringDataset,
     as_rgb,
@@ -168,34 +163,17 @@ def group_objects(expressions: list[Expression]) -> list[RefObject]:
 
 
 class RefSegRSDataset(ReferringDataset):
-    """One split of RefSegRS; see the module docstring for the sample, resolution and sampling rules.
+    """One split of RefSegRS; see the module docstring for the sample, resolution and sampling rules, and
+    ``ReferringDataset`` for the options."""
 
-    ``tokenizer`` is a hub id, a local folder or a loaded tokenizer. ``eval_mode`` defaults to True for
-    val/test (every sentence) and False for train (one random sentence per object per access).
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        tokenizer: Any = DEFAULT_TOKENIZER,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        image_size: int | None = LAVT_IMAGE_SIZE,
-        eval_mode: bool | None = None,
-        native_mask: bool = False,
-        transform: A.Compose | None = None,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
-    ) -> None:
-        super().__init__(split, image_size, eval_mode, native_mask, transform, mean, std)
-        self.root = Path(root)
+    def list_objects(self) -> list[RefObject]:
         check_root(self.root)
-        self.objects = group_objects(read_phrases(phrase_file(self.root, split)))
-        self._check_files()
-        self.tokenize_objects(tokenizer, max_tokens)
+        objects = group_objects(read_phrases(phrase_file(self.root, self.split)))
+        self._check_files(objects)
+        return objects
 
-    def _check_files(self) -> None:
-        for obj in self.objects:
+    def _check_files(self, objects: list[RefObject]) -> None:
+        for obj in objects:
             for path in (self.image_path(obj.id), self.mask_path(obj.id)):
                 if not path.is_file():
                     raise DataError(

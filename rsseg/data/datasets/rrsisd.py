@@ -38,18 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
 import numpy as np
 
 from rsseg.data.core.errors import DataError
 from rsseg.data.core.io import read_image
 from rsseg.data.core.plain_pickle import load_plain_pickle
 from rsseg.data.core.spec import IGNORE_INDEX, DatasetSpec
-from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rsseg.data.datasets.referring import (
-    DEFAULT_MAX_TOKENS,
-    DEFAULT_TOKENIZER,
-    LAVT_IMAGE_SIZE,
     ReferringDataModule,
     ReferringDataset,
     as_rgb,
@@ -328,34 +323,17 @@ def _join(index: int, ref: dict, images: dict, annotations: dict, refs_path: Pat
 
 
 class RRSISDDataset(ReferringDataset):
-    """One split of RRSIS-D; see the module docstring for files and masks, ``referring.py`` for samples.
+    """One split of RRSIS-D; see the module docstring for files and masks, ``ReferringDataset`` for the
+    options and samples."""
 
-    ``tokenizer`` is a hub id, a local folder or a loaded tokenizer. ``eval_mode`` defaults to True for
-    val/test (every sentence) and False for train (one random sentence per ref per access).
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        tokenizer: Any = DEFAULT_TOKENIZER,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        image_size: int | None = LAVT_IMAGE_SIZE,
-        eval_mode: bool | None = None,
-        native_mask: bool = False,
-        transform: A.Compose | None = None,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
-    ) -> None:
-        super().__init__(split, image_size, eval_mode, native_mask, transform, mean, std)
-        self.root = Path(root)
+    def list_objects(self) -> list[RRSISDRef]:
         check_root(self.root)
-        self.objects = split_refs(self.root, split)
-        self._check_images()
-        self.tokenize_objects(tokenizer, max_tokens)
+        refs = split_refs(self.root, self.split)
+        self._check_images(refs)
+        return refs
 
-    def _check_images(self) -> None:
-        for ref in self.objects:
+    def _check_images(self, refs: list[RRSISDRef]) -> None:
+        for ref in refs:
             if not self.image_path(ref).is_file():
                 raise DataError(f"{self.image_path(ref)}: image not found (ref_id {ref.ref_id}, image_id "
                                 f"{ref.image_id} in {self.root / INSTANCES_FILE})")
