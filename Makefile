@@ -10,10 +10,12 @@ PROFILE ?= smoke
 install: $(BIN)/rsseg
 
 # pyproject.toml states version ranges; constraints.txt pins the versions the suite is tested with.
+# [all,test]: every optional extra (methods, W&B, GeoTIFF; see README) and the test tools.
 $(BIN)/rsseg: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[all,test]"
+	@for command in fit validate test predict; do $(BIN)/rsseg $$command --help > /dev/null; done  # cache the help
 	@touch $@
 
 test: install

@@ -13,7 +13,7 @@ import torch
 from lightning import Callback
 
 from rsseg.data.synthetic.files import write_atomically
-from rsseg.profiling import count_gflops, peak_memory_mib, reset_peak_memory
+from rsseg.profiling import EvalMemory, count_gflops
 
 log = logging.getLogger(__name__)
 
@@ -86,22 +86,26 @@ class _EvaluationHooks(Callback):
 
 class InferenceProfiler(_EvaluationHooks):
     """Model time (data loading excluded) and images of the last test loop (``stage="validate"``: of the
-    last ``validate`` run), for images/s; the peak memory of that loop (CUDA allocator, or the process's
-    RSS on a CPU); and the GFLOPs of one image through the model's ``predict_step`` at the evaluated size
-    (counted after the loop, so it cannot disturb the evaluation)."""
+    last ``validate`` run), for images/s; the memory of that loop, ``eval_memory_mib`` (see
+    :class:`~rsseg.profiling.EvalMemory`: the CUDA peak allocated, or on a CPU the peak RSS increase over
+    the start of the loop, so that methods run in one process compare), with ``memory`` holding its
+    baseline, peak and increase; and the GFLOPs of one image through the model's ``predict_step`` at the
+    evaluated size (counted after the loop, so it cannot disturb the evaluation)."""
 
     def __init__(self, stage: str = "test") -> None:
         super().__init__(stage)
         self.seconds = 0.0
         self.images = 0
-        self.peak_memory_mib: float | None = None
+        self.eval_memory_mib: float | None = None
+        self.memory: EvalMemory | None = None
         self.gflops: float | None = None
         self._start_time = 0.0
         self._first_batch = None
 
     def _start(self, trainer, pl_module) -> None:
         self.seconds, self.images, self._first_batch = 0.0, 0, None
-        reset_peak_memory(pl_module.device)
+        self.memory = EvalMemory(pl_module.device)
+        self.memory.start()
 
     def _batch_start(self, pl_module, batch) -> None:
         _synchronize(pl_module)
@@ -115,7 +119,8 @@ class InferenceProfiler(_EvaluationHooks):
             self._first_batch = batch
 
     def _end(self, trainer, pl_module) -> None:
-        self.peak_memory_mib = round(peak_memory_mib(pl_module.device), 1)
+        if self.memory is not None:
+            self.eval_memory_mib = round(self.memory.read(), 1)
         if self._first_batch is not None:
             try:
                 self.gflops = round(count_gflops(lambda: pl_module.predict_step(one_sample(self._first_batch), 0)), 3)

@@ -152,7 +152,8 @@ def _plain(value: Any) -> Any:
 
 
 # What a weights-only export keeps of a Lightning checkpoint: enough to rebuild the task and to test or predict.
-EXPORT_KEYS = ("state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_version", "epoch", "global_step")
+EXPORT_KEYS = ("state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_version", "epoch", "global_step",
+               "rsseg_input")
 
 
 def export_weights(src: str | Path, dst: str | Path) -> dict[str, int]:

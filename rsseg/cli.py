@@ -23,7 +23,7 @@ LIGHTNING_COMMANDS = {
     "test": "evaluate on the test split",
     "predict": "predict label maps",
 }
-OWN_COMMANDS = ("prepare", "synth", "bench", "export")
+OWN_COMMANDS = ("prepare", "synth", "bench", "export", "infer")
 # Dataset names, written out so that parsing and --help import nothing heavy (tests/test_cli.py pins them to
 # rsseg.data.registry): every dataset has a datamodule and a synthetic twin; these are cut into patches first.
 DATASETS = ("chn6cug", "loveda", "potsdam", "refsegrs", "rrsisd", "uavid", "vaihingen")
@@ -69,6 +69,27 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--ckpt", required=True, help="a Lightning checkpoint written by rsseg fit")
     export.add_argument("--out", required=True, help="the weights-only file to write (rsseg test/predict take it)")
 
+    infer = sub.add_parser(
+        "infer", help="segment your own scenes (GeoTIFF, PNG, JPEG) with a trained checkpoint",
+        description="Segment scenes of any size, read window by window, with a checkpoint of a semantic method. "
+        "A georeferenced scene gives <output>/<name>.tif (uint8 classes on the scene's grid, colour table, nodata "
+        "255); others give <name>.png (palette PNG). See docs/inference.md.")
+    infer.add_argument("--ckpt", required=True, help="a checkpoint written by rsseg fit, or rsseg export's file")
+    infer.add_argument("--input", required=True, nargs="+", metavar="PATH",
+                       help="image files, folders of images, or glob patterns (quote them)")
+    infer.add_argument("--output", required=True, help="folder for the label rasters")
+    infer.add_argument("--window", type=_positive_int, help="window size in pixels (default: the model's "
+                       "inference_window, else 1024)")
+    infer.add_argument("--overlap", type=int, help="window overlap in pixels (default: the model's, else window/4)")
+    infer.add_argument("--batch", type=_positive_int, default=4, help="windows per forward pass (default: 4)")
+    infer.add_argument("--bands", type=_band_list, help="1-based bands to read, e.g. 3,2,1 (default: all)")
+    infer.add_argument("--value-scale", type=float, help="the raw value that stands for full brightness when the "
+                       "pixel type differs from training's (e.g. 65535 or 4095 for 16-bit scenes)")
+    infer.add_argument("--preview", action="store_true", help="also write <name>_preview.png in the class colours")
+    infer.add_argument("--probabilities", action="store_true",
+                       help="also write <name>_prob.tif: one band per class, probability × 255 as uint8")
+    infer.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, … (default: cuda when available)")
+
     bench = sub.add_parser(
         "bench", help="train and test every applicable method; write a comparison",
         epilog="Arguments after -- go to every method's LightningCLI, e.g. -- --trainer.max_steps 10. A plan's "
@@ -110,6 +131,17 @@ def _seed_list(text: str) -> list[int]:
     if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"seeds must be distinct and non-negative, got {text!r}")
     return seeds
+
+
+def _band_list(text: str) -> tuple[int, ...]:
+    """``3,2,1`` → (3, 2, 1): positive band numbers, as GDAL counts them."""
+    try:
+        bands = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        bands = ()
+    if not bands or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated band numbers from 1, got {text!r}")
+    return bands
 
 
 def _positive_int(text: str) -> int:
@@ -163,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 VERBOSE_FLAG = "--verbose"
 # Errors (and their subclasses) whose message is the whole story: a file, a setting, a checkpoint, a config key.
 # Others are likely bugs, and their line says how to see the traceback.
-USER_ERRORS = ("DataError", "PlanError", "CheckpointError", "ValueError", "OSError", "ArgumentError")
+USER_ERRORS = ("DataError", "PlanError", "CheckpointError", "ValueError", "OSError", "ArgumentError",
+               "MissingExtraError")
 
 
 def _pop_verbose(argv: list[str]) -> tuple[list[str], bool]:
@@ -179,6 +212,12 @@ def _report_error(prog: str, error: Exception, verbose: bool) -> int:
     """Print ``error`` as one line (its traceback first with ``verbose``); exit code 2."""
     import traceback
 
+    from rsseg.extras import MissingExtraError
+
+    missing = error
+    while missing is not None and not isinstance(missing, MissingExtraError):  # jsonargparse wraps it in its own
+        missing = missing.__cause__ or missing.__context__
+    error = missing or error
     if verbose:
         traceback.print_exception(error)
     kind = type(error).__name__
@@ -190,6 +229,9 @@ def _report_error(prog: str, error: Exception, verbose: bool) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] in LIGHTNING_COMMANDS and argv[1] in ("-h", "--help"):
+        print(lightning_help(argv[0]), end="")
+        return 0
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from rsseg.lightning_cli import build_cli
         from rsseg.tracking import finish_wandb_run
@@ -213,6 +255,63 @@ def _main(argv: list[str]) -> int:
     return _run_command(args)
 
 
+HELP_COLUMNS = 100  # the width of the LightningCLI help texts (cached, so not the terminal's)
+
+
+def lightning_help(command: str) -> str:
+    """``rsseg <fit|validate|test|predict> --help``: the LightningCLI's text, which takes seconds to build (torch,
+    Lightning and every model are imported), kept in the user's cache under a key of everything it is made of —
+    the versions of rsseg, Lightning, jsonargparse and torch and rsseg's own files — so it is built once
+    (``make install`` builds it) and answered at once after. It is laid out for HELP_COLUMNS whatever the
+    terminal, so that the text built by ``make install`` is the one a terminal gets."""
+    import hashlib
+    import io
+    import os
+    from contextlib import redirect_stdout
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    from rsseg import __version__
+
+    package = Path(__file__).resolve().parent
+    sources = sorted((str(p.relative_to(package)), p.stat().st_mtime_ns, p.stat().st_size)
+                     for p in package.rglob("*.py"))
+    versions = []
+    for name in ("lightning", "jsonargparse", "torch"):
+        try:
+            versions.append(version(name))
+        except PackageNotFoundError:
+            versions.append("")
+    key = hashlib.sha256(repr((command, __version__, versions, sources)).encode()).hexdigest()[:20]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rsseg" / "help" / f"{command}-{key}.txt"
+    if cache.is_file():
+        return cache.read_text()
+    from rsseg.lightning_cli import build_cli
+
+    text, columns = io.StringIO(), os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(HELP_COLUMNS)
+    try:
+        with redirect_stdout(text):
+            build_cli([command, "--help"])
+    except SystemExit:
+        pass
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        for stale in cache.parent.glob(f"{command}-*.txt"):
+            stale.unlink(missing_ok=True)
+        partial = cache.with_name(cache.name + f".{os.getpid()}")
+        partial.write_text(text.getvalue())
+        partial.replace(cache)
+    except OSError:  # a read-only home: answer anyway, slowly
+        pass
+    return text.getvalue()
+
+
 def _run_command(args: argparse.Namespace) -> int:
     from rsseg.data.registry import PREPARERS
 
@@ -233,6 +332,8 @@ def _run_command(args: argparse.Namespace) -> int:
         sizes = export_weights(args.ckpt, args.out)
         print(f"wrote {args.out}: {sizes['export'] / 2**20:.1f} MiB (the checkpoint: {sizes['checkpoint'] / 2**20:.1f} "
               "MiB); test it with rsseg test --config <its config> --ckpt_path " + args.out)
+    elif args.command == "infer":
+        return _infer(args)
     elif args.command == "synth":
         from rsseg.data.synthetic import write_synthetic
 
@@ -250,6 +351,22 @@ def _run_command(args: argparse.Namespace) -> int:
         except BenchFailed as failed:
             print(f"rsseg bench: error: {failed}", file=sys.stderr)
             return 1
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    """``rsseg infer``: 0 when every scene was written, 1 when some failed (listed at the end)."""
+    from rsseg.infer.command import InferOptions, run_infer
+
+    options = InferOptions(window=args.window, overlap=args.overlap, batch=args.batch, bands=args.bands,
+                           value_scale=args.value_scale, preview=args.preview, probabilities=args.probabilities)
+    report = run_infer(args.ckpt, args.input, args.output, options, device=args.device)
+    print(f"rsseg infer: wrote {len(report.written)} file(s) to {args.output}")
+    if report.failed:
+        print(f"rsseg infer: {len(report.failed)} input(s) failed:", file=sys.stderr)
+        for path, reason in report.failed:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 

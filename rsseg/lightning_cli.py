@@ -1,7 +1,8 @@
 """The LightningCLI of ``rsseg fit/validate/test/predict``, built from config arguments.
 
 One place builds a Lightning run from arguments, for the command line (:mod:`rsseg.cli`) and the benchmark
-runner (:mod:`rsseg.bench.runs`) alike. Over Lightning's CLI it adds: W&B as the default logger, configuration
+runner (:mod:`rsseg.bench.runs`) alike. Over Lightning's CLI it adds: W&B as the default logger (in the parsed
+config, so ``--print_config`` shows it; :mod:`rsseg.tracking`), configuration
 errors raised instead of printed with the whole usage, ``num_classes`` taken from the datamodule,
 checkpoints read safely with the user's explicit settings kept (:mod:`rsseg.checkpoints`), and progress
 that suits where it is shown (:mod:`rsseg.progress`).
@@ -14,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 
 from lightning import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 import rsseg.data  # noqa: F401  (short class names in configs)
@@ -22,10 +23,19 @@ import rsseg.tasks  # noqa: F401
 from rsseg.checkpoints import CheckpointError, names_a_file, read_checkpoint, reconcile_hparams
 from rsseg.data.core.prepare import is_synthetic_root
 from rsseg.errors import original_message
+from rsseg.infer import PredictionWriter
 from rsseg.legacy import convert_legacy_hparams
 from rsseg.paper_numbers import compare_test_metrics
 from rsseg.progress import progress_callback
-from rsseg.tracking import RecordedConfig, WandbEvaluationLogger, dataset_name, default_logger, method_name
+from rsseg.tracking import (
+    RecordedConfig,
+    WandbEvaluationLogger,
+    dataset_name,
+    default_logger,
+    default_logger_config,
+    describe_run,
+    method_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +45,9 @@ class RssegCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        # the default logger is a default of the config (not swapped in when the trainer is built), so that
+        # --print_config and the saved config.yaml show the logger the run uses
+        parser.set_defaults({"trainer.logger": default_logger_config()})
 
     def parse_arguments(self, parser, args) -> None:
         self._args = args
@@ -153,17 +166,21 @@ class RssegCLI(LightningCLI):
         return CheckpointError(f"{ckpt_path}: {what} ({original_message(error)}){differences}")
 
     def instantiate_trainer(self, **kwargs):
-        """W&B is the default logger (Lightning's would be TensorBoard/CSV): see :mod:`rsseg.tracking`."""
+        """The default logger learns the run's method, dataset, subcommand and folder before its run starts
+        (:mod:`rsseg.tracking`); ``trainer.logger`` true or null asks for rsseg's default logger, not Lightning's
+        TensorBoard/CSV one."""
         trainer = self._get(self.config_init, "trainer", default={})
-        if trainer.get("logger") in (None, True) and "logger" not in kwargs:
-            kwargs["logger"] = default_logger(self.model, self.datamodule, trainer.get("default_root_dir"),
-                                              self.subcommand)
+        run_logger = kwargs.get("logger", trainer.get("logger"))
+        if "logger" not in kwargs and (run_logger is None or run_logger is True):
+            run_logger = kwargs["logger"] = default_logger()
+        describe_run(run_logger, self.model, self.datamodule, trainer.get("default_root_dir"), self.subcommand)
         return super().instantiate_trainer(**kwargs)
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
         """rsseg's progress (a bar in a terminal, log lines elsewhere) unless the configuration turns progress
         off or brings its own bar; without a logger (``--trainer.logger false``) the configs' learning-rate
-        monitor, which needs one, is left out instead of failing the run."""
+        monitor, which needs one, is left out instead of failing the run; ``predict`` writes its maps with a
+        :class:`rsseg.infer.PredictionWriter` unless the configuration has a prediction writer of its own."""
         given = config.get("callbacks") or []
         config = {**config, "callbacks": given if isinstance(given, list) else [given]}  # one flag gives one object
         if config.get("logger") in (False, None, []):
@@ -174,6 +191,8 @@ class RssegCLI(LightningCLI):
         configured = [*config["callbacks"], *callbacks, *self.trainer_defaults.get("callbacks", [])]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             callbacks = [*callbacks, progress_callback()]
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in configured):
+            callbacks = [*callbacks, PredictionWriter()]  # predictions on disk (docs/inference.md)
         return super()._instantiate_trainer(config, callbacks)
 
 

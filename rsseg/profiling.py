@@ -1,9 +1,17 @@
-"""Peak memory and FLOP counts of a piece of work, on a GPU or a CPU (shared by the bench and benchmarks/)."""
+"""Peak memory and FLOP counts of a piece of work, on a GPU or a CPU (shared by the bench and benchmarks/).
+
+``reset_peak_memory``/``peak_memory_mib`` give the process's peak (what benchmarks/ report); :class:`EvalMemory`
+gives what one piece of work adds, the number that can compare methods run in the same process (the bench's
+``eval_memory_mib``)."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import gc
 import os
 import resource
+import sys
 import threading
 from collections.abc import Callable
 
@@ -81,7 +89,78 @@ def peak_memory_mib(device: str | torch.device) -> float:
     high_water = _status_mib("VmHWM")
     if high_water:
         return high_water
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return _lifetime_peak_mib()
+
+
+def _lifetime_peak_mib() -> float:
+    """The process's largest RSS so far (getrusage: KiB on Linux, bytes on macOS); cannot be reset."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, None elsewhere (musl, macOS, Windows)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def settle_allocator() -> None:
+    """Give freed memory back to the OS before a baseline: collect garbage, then (glibc) release the free
+    pages malloc keeps in its arenas. Otherwise the baseline RSS holds freed memory that the work can reuse
+    without growing the RSS, and the increase understates what the work needs."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+class EvalMemory:
+    """What a piece of work (an evaluation loop) adds to memory, measured between :meth:`start` and
+    :meth:`read` in this process.
+
+    CUDA: ``peak_mib`` is ``torch.cuda.max_memory_allocated`` since the start (weights and inputs included, the
+    usual convention, and :meth:`read`'s value); ``increase_mib`` subtracts what was allocated at the start.
+    CPU: the process's peak RSS minus its RSS at the start, taken after :func:`settle_allocator` (the peak
+    itself would be the whole process: Python, torch, the data, earlier runs). Caveats: memory freed before the
+    start and still resident (an allocator cache that trimming cannot release) is reused without showing; the
+    RSS also counts what else the process does meanwhile (the batches the loop holds, libraries paged in on
+    first use); worker processes are not counted; where the kernel's high-water mark cannot be reset the peak
+    is sampled every 2 ms and a shorter spike can be missed; without /proc (macOS) the increase is that of the
+    lifetime peak, 0 while the work stays under an earlier peak."""
+
+    def __init__(self, device: str | torch.device) -> None:
+        self.device = torch.device(device)
+        self.baseline_mib = 0.0
+        self.peak_mib = 0.0
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def start(self) -> None:
+        """Settle the allocator, reset the peak and take the baseline."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            reset_peak_memory(self.device)
+            self.baseline_mib = torch.cuda.memory_allocated(self.device) / 2**20
+            return
+        settle_allocator()
+        reset_peak_memory(self.device)
+        self.baseline_mib = _status_mib("VmRSS") or _lifetime_peak_mib()
+
+    def read(self) -> float:
+        """The value to compare methods by: the CUDA peak allocated; on a CPU the peak RSS increase."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        self.peak_mib = peak_memory_mib(self.device)
+        return self.peak_mib if self.cuda else self.increase_mib
+
+    @property
+    def increase_mib(self) -> float:
+        """The peak over the baseline (after :meth:`read`)."""
+        return max(0.0, self.peak_mib - self.baseline_mib)
 
 
 def count_gflops(work: Callable[[], object]) -> float:

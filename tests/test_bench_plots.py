@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import ErrorbarContainer
 from matplotlib.image import imread
 
@@ -17,11 +19,13 @@ from rsseg.bench.plots import (
     file_safe,
     free_colour,
     interval_note,
+    label_offsets,
     metric_bars,
     pairwise_grid,
     per_class_heatmap,
     qualitative_panel,
     speed_accuracy,
+    speed_accuracy_figure,
     write_plots,
     wrong_colour,
 )
@@ -312,3 +316,61 @@ def test_pairwise_grid_reads_as_dict_comparisons_and_derives_distinguishable():
     assert grid[0, 1] == pytest.approx(-5) and grid[1, 0] == pytest.approx(5) and apart[0, 1] and apart[1, 0]
     assert grid[2, 0] == pytest.approx(1) and grid[0, 2] == pytest.approx(-1) and not apart[2, 0] | apart[0, 2]
     assert np.isnan(grid[1, 2]) and np.isnan(grid[2, 1])  # no comparison given
+
+
+CROWDED = [
+    {"method": "majority class", "mIoU": 0.300, "params": 0},
+    {"method": "all background", "mIoU": 0.301, "params": 0},
+    *({"method": m, "mIoU": 0.5 + 0.001 * i, "params": (i + 1) * 5_000_000, "inference_img_per_s": 10 + 0.05 * i}
+      for i, m in enumerate(("unet", "deeplabv3plus", "danet", "d2ls", "sdci", "unetformer"))),
+    {"method": "fast", "mIoU": 0.302, "params": 1_000_000, "inference_img_per_s": 400.0},  # near the references
+]
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_speed_accuracy_labels_of_close_points_do_not_overlap(tmp_path, monkeypatch):
+    """Six methods within 0.5 points and 3 % in speed, two references 0.1 points apart, one method near them."""
+    saved = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path, *args, **kwargs: saved.append(fig) or save(fig, path, *args,
+                                                                                                      **kwargs))
+    assert speed_accuracy(tmp_path, CROWDED, SEMANTIC_META).stat().st_size > 0
+    [fig] = saved
+    canvas = FigureCanvasAgg(fig)  # pyplot let go of it when saved
+    canvas.draw()  # the figure as saved (no layout pass moved it)
+    renderer = canvas.get_renderer()
+    ax = fig.axes[0]
+    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+    methods = [f"{r['method']} ({r['params'] / 1e6:.1f}M)" for r in CROWDED[2:]]
+    assert set(boxes) == {"majority class", "all background", *methods}
+    for (a, box_a), (b, box_b) in itertools.combinations(boxes.items(), 2):
+        assert not _overlap(box_a, box_b), (a, b)
+    stacked = [boxes[m].y0 for m in methods[:6]]
+    assert stacked == sorted(stacked)  # a higher point keeps the higher label
+    assert len(ax.lines) > 2  # beyond the two dashed reference lines: leader lines to moved labels
+
+
+def test_speed_accuracy_figure_leaves_a_lone_label_beside_its_point():
+    fig = speed_accuracy_figure([SEMANTIC[1]], SEMANTIC_META)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    [label] = ax.texts
+    box = label.get_window_extent(fig.canvas.get_renderer())
+    x, y = ax.transData.transform((3.0, 50.0))
+    assert x < box.x0 < x + 40 and y < box.y0 < y + 20  # just right of and above its point
+    assert len(ax.lines) == 0  # nothing moved: no leader line
+    plots._pyplot().close(fig)
+
+
+def test_label_offsets_stack_a_column_in_order_around_where_it_wants_to_be():
+    same = [(0.0, 50.0, 100.0, 10.0, 0.0)] * 3  # three boxes wanting the same place
+    assert label_offsets(same, pad=2.0) == [-12.0, 0.0, 12.0]
+    assert label_offsets(same, pad=2.0) == label_offsets(same, pad=2.0)  # deterministic
+    apart = [(0.0, 50.0, 100.0, 10.0, 0.0), (60.0, 90.0, 100.0, 10.0, 0.0)]  # side by side: nothing moves
+    assert label_offsets(apart) == [0.0, 0.0]
+    ordered = [(0.0, 50.0, 101.0, 10.0, 0.0), (0.0, 50.0, 100.0, 10.0, 0.0)]  # the higher anchor stays higher
+    high, low = label_offsets(ordered, pad=0.0)
+    assert 101.0 + high == pytest.approx(100.0 + low + 10.0)

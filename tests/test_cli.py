@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from importlib.metadata import version
@@ -45,6 +46,30 @@ def test_help_and_version_import_nothing_heavy():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert f"rsseg {version('rsseg')}" in result.stdout  # the installed distribution's version
+
+
+def test_lightning_help_is_built_once_then_answered_without_importing_torch(tmp_path):
+    """`rsseg fit --help` needs the whole LightningCLI (seconds); its text is cached under a key of what makes it."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "COLUMNS": "57"}  # the text ignores the terminal
+    probe = ("import sys\nfrom rsseg.cli import main\nmain(['fit', '--help'])\n"
+             "print('HEAVY', sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
+    first = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    second = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    assert "--trainer.max_epochs" in first.stdout and "--model " in first.stdout
+    assert max(map(len, first.stdout.splitlines())) > 57
+    assert first.stdout.endswith("HEAVY ['lightning', 'torch']\n")  # built by the real CLI
+    assert second.stdout.endswith("HEAVY []\n")  # then read back
+    assert second.stdout.replace("HEAVY []", "") == first.stdout.replace("HEAVY ['lightning', 'torch']", "")
+    [cached] = (tmp_path / "rsseg" / "help").glob("fit-*.txt")
+    source = REPO / "rsseg" / "infer" / "__init__.py"
+    stat = source.stat()
+    try:
+        os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # rsseg changed: the text is rebuilt
+        rebuilt = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    finally:
+        os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert rebuilt.stdout.endswith("HEAVY ['lightning', 'torch']\n")
+    assert not cached.exists()  # the stale text is replaced
 
 
 def test_the_command_lines_dataset_names_are_the_registrys():
@@ -93,7 +118,9 @@ def test_export_keeps_the_weights_and_hyper_parameters_and_rsseg_test_takes_it(t
     assert f"wrote {exported}" in capsys.readouterr().out
     full, light = (torch.load(p, map_location="cpu", weights_only=True) for p in (trained, exported))
     assert "optimizer_states" in full and set(light) <= {"state_dict", "hyper_parameters", "hparams_name",
-                                                          "pytorch-lightning_version", "epoch", "global_step"}
+                                                          "pytorch-lightning_version", "epoch", "global_step",
+                                                          "rsseg_input"}
+    assert light["rsseg_input"] == full["rsseg_input"]  # rsseg infer reads exported weights without a config
     assert light["hyper_parameters"] == full["hyper_parameters"]
     assert light["state_dict"].keys() == full["state_dict"].keys()
     assert all(torch.equal(light["state_dict"][k], v) for k, v in full["state_dict"].items())

@@ -56,7 +56,7 @@ def test_the_command_line_adds_progress_unless_the_config_turns_it_off_or_has_it
     from rsseg.lightning_cli import RssegCLI
 
     cli = RssegCLI.__new__(RssegCLI)
-    cli.trainer_defaults, cli.save_config_callback = {}, None
+    cli.trainer_defaults, cli.save_config_callback, cli.subcommand = {}, None, "fit"
     cli.trainer_class = Trainer
     built = cli._instantiate_trainer({"callbacks": [], "logger": False}, [])
     assert sum(isinstance(c, ProgressLines) for c in built.callbacks) == 1  # pytest's stdout is no terminal

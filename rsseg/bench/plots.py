@@ -12,7 +12,8 @@ class, all target, all background) have ``params: 0`` and no speed, failed rows 
   the bench made them): methods × methods, the difference row − column in points, "≈" on the pairs the
   bootstrap cannot tell apart (see :func:`pairwise_heatmaps`);
 - ``per_class_iou.png``: methods × classes (semantic segmentation only);
-- ``speed_accuracy.png``: inference images/s against the first headline metric (mIoU, or oIoU);
+- ``speed_accuracy.png``: inference images/s against the first headline metric (mIoU, or oIoU); labels of
+  close points are stacked apart, with a thin leader line to a moved label's point (see :func:`label_offsets`);
 - ``qualitative.png``: the prediction panel, when the bench kept test samples.
 
 Colours: each method keeps one colour (matplotlib's C0…C9, in row order) in every chart; reference rows are
@@ -30,6 +31,7 @@ import math
 import re
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,9 +84,12 @@ def _colours(rows: list[dict]) -> dict[str, str]:
     return colours
 
 
-def _save(fig, path: Path, dpi: int = DPI) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=min(dpi, DPI))
+def _save(fig, path: Path, dpi: int = DPI, layout: bool = True) -> Path:
+    """``layout=False`` for a figure laid out already (whose labels were placed on that layout): saved with a
+    tight bounding box instead, which crops or widens the canvas without moving anything."""
+    if layout:
+        fig.tight_layout()
+    fig.savefig(path, dpi=min(dpi, DPI), bbox_inches=None if layout else "tight")
     _pyplot().close(fig)
     return Path(path)
 
@@ -209,9 +214,16 @@ def per_class_heatmap(run_dir: Path, rows: list[dict], meta: dict) -> Path | Non
 
 
 def speed_accuracy(run_dir: Path, rows: list[dict], meta: dict) -> Path | None:
-    """``speed_accuracy.png``: inference images/s (log) against the task's first headline metric, marker
-    area ∝ parameters (each point labelled with its method and M params); reference rows, which have no
-    speed, as dashed horizontal lines. None when no row has both numbers."""
+    """``speed_accuracy.png`` (see :func:`speed_accuracy_figure`); None when no row has both numbers."""
+    fig = speed_accuracy_figure(rows, meta)
+    return None if fig is None else _save(fig, Path(run_dir) / "speed_accuracy.png", layout=False)
+
+
+def speed_accuracy_figure(rows: list[dict], meta: dict):
+    """Inference images/s (log) against the task's first headline metric, marker area ∝ parameters (each point
+    labelled with its method and M params); reference rows, which have no speed, as dashed horizontal lines.
+    Laid out, its labels placed apart on that layout (so it is saved without another layout pass); None when no
+    row has both numbers."""
     key = headline_metrics(meta["task"], rows)[0]
     timed = [r for r in rows if _value(r, "inference_img_per_s") > 0 and not math.isnan(_value(r, key))]
     if not timed:
@@ -223,17 +235,19 @@ def speed_accuracy(run_dir: Path, rows: list[dict], meta: dict) -> Path | None:
     params = [max(0.0, _value(r, "params")) if not math.isnan(_value(r, "params")) else 0.0 for r in timed]
     largest = max(params) or 1.0
     fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    labels = []
     for row, n in zip(timed, params, strict=True):
         x, y = _value(row, "inference_img_per_s"), 100 * _value(row, key)
-        ax.scatter(x, y, s=30 + 900 * n / largest, color=colours[row["method"]], alpha=0.7, edgecolor="0.2")
-        label = f"{row['method']} ({n / 1e6:.1f}M)" if n else row["method"]
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(7, 5), fontsize=8)
+        size = 30 + 900 * n / largest
+        ax.scatter(x, y, s=size, color=colours[row["method"]], alpha=0.7, edgecolor="0.2")
+        text = f"{row['method']} ({n / 1e6:.1f}M)" if n else row["method"]
+        labels.append(_PointLabel(text, ax.transData, (x, y), "left", math.sqrt(size) / 2))
+    references = []
     for row in rows:
         if _is_reference(row) and not math.isnan(_value(row, key)):
             y = 100 * _value(row, key)
             ax.axhline(y, color="0.5", linestyle="--", linewidth=1)
-            ax.text(0.99, y, row["method"], transform=ax.get_yaxis_transform(), ha="right", va="bottom",
-                    fontsize=7, color="0.35")
+            references.append(_PointLabel(row["method"], ax.get_yaxis_transform(), (0.99, y), "right", 0.0))
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.25, y=0.15)
@@ -241,7 +255,124 @@ def speed_accuracy(run_dir: Path, rows: list[dict], meta: dict) -> Path | None:
     ax.set_ylabel(f"{key} (%)")
     ax.set_title(_title(meta, f"speed vs {key}; marker area ∝ parameters (M)"), fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    return _save(fig, Path(run_dir) / "speed_accuracy.png")
+    fig.tight_layout()
+    fig.canvas.draw()  # the final limits, and a renderer to measure the labels with
+    _draw_labels(ax, references, labels)
+    return fig
+
+
+LABEL_GAP = 4.0  # points between a marker's edge and its label
+LABEL_PAD = 1.5  # points kept free between two labels
+
+
+@dataclass(frozen=True)
+class _PointLabel:
+    """A label to draw beside ``xy`` (in ``transform``'s coordinates): to its right (``side="left"``: the text's
+    left edge at the point) or ending at it (``"right"``: the reference lines' labels at the axes' right edge)."""
+
+    text: str
+    transform: object
+    xy: tuple[float, float]
+    side: str
+    radius: float  # of the point's marker, in points: where a leader line starts
+
+
+def label_offsets(boxes: list[tuple[float, float, float, float, float]], pad: float = LABEL_PAD) -> list[float]:
+    """Vertical offsets (points) that keep label boxes at least ``pad`` apart, in the boxes' order. A box is
+    (x0, x1, y, height, preferred): its horizontal extent and anchor height in points, its height and the offset
+    of its centre it would like. Boxes whose horizontal extents chain together form a column, stacked in the
+    order of their preferred heights and centred where they want to be; columns never move each other. The
+    same boxes always give the same offsets."""
+    offsets = [0.0] * len(boxes)
+    for column in _columns(boxes, pad):
+        wanted = [boxes[i][2] + boxes[i][4] - boxes[i][3] / 2 for i in column]
+        for i, bottom in zip(column, _stack(wanted, [boxes[i][3] for i in column], pad), strict=True):
+            offsets[i] = bottom + boxes[i][3] / 2 - boxes[i][2]
+    return offsets
+
+
+def _columns(boxes: list[tuple[float, ...]], pad: float) -> list[list[int]]:
+    """Indices of the boxes grouped by overlapping horizontal extents (a sweep over their left edges)."""
+    columns: list[list[int]] = []
+    right = -math.inf
+    for i in sorted(range(len(boxes)), key=lambda i: (boxes[i][0], i)):
+        if columns and boxes[i][0] < right + pad:
+            columns[-1].append(i)
+            right = max(right, boxes[i][1])
+        else:
+            columns.append([i])
+            right = boxes[i][1]
+    return columns
+
+
+def _stack(wanted: list[float], heights: list[float], pad: float) -> list[float]:
+    """Bottoms for boxes that want the bottoms ``wanted``: in the order of their wanted centres, boxes that would
+    overlap merge into a block stacked ``pad`` apart, placed at the mean of what its members want (the classic
+    one-dimensional label placement: no overlap, order kept, each block as close as it can be)."""
+    order = sorted(range(len(wanted)), key=lambda i: (wanted[i] + heights[i] / 2, i))
+    blocks: list[list[int]] = []
+    bottoms: list[float] = []
+
+    def below(block: list[int]) -> list[float]:  # each member's bottom above the block's bottom
+        return [sum(heights[j] + pad for j in block[:k]) for k in range(len(block))]
+
+    def height(block: list[int]) -> float:
+        return sum(heights[j] for j in block) + pad * (len(block) - 1)
+
+    for i in order:
+        blocks.append([i])
+        bottoms.append(wanted[i])
+        while len(blocks) > 1 and bottoms[-2] + height(blocks[-2]) + pad > bottoms[-1]:
+            block = blocks.pop(-2) + blocks.pop()
+            bottoms[-2:] = []
+            blocks.append(block)
+            bottoms.append(sum(wanted[j] - up for j, up in zip(block, below(block), strict=True)) / len(block))
+    placed = [0.0] * len(wanted)
+    for block, bottom in zip(blocks, bottoms, strict=True):
+        for j, up in zip(block, below(block), strict=True):
+            placed[j] = bottom + up
+    return placed
+
+
+def _draw_labels(ax, references: list[_PointLabel], labels: list[_PointLabel]) -> None:
+    """Draws the labels apart (:func:`label_offsets`; references first, which then hold their lines, then the
+    points' labels from the lowest point up), each moved label with a thin leader line to its point."""
+    from matplotlib.transforms import offset_copy
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_points = 72 / fig.dpi
+    order = references + sorted(labels, key=lambda lab: (lab.transform.transform(lab.xy)[1], lab.text))
+    texts = [ax.text(*lab.xy, lab.text, transform=lab.transform, ha=lab.side, va="center",
+                     **({"fontsize": 8} if lab.side == "left" else {"fontsize": 7, "color": "0.35"})) for lab in order]
+    boxes, starts = [], []
+    for lab, text in zip(order, texts, strict=True):
+        extent = text.get_window_extent(renderer)
+        width, height = extent.width * to_points, extent.height * to_points
+        x, y = lab.transform.transform(lab.xy) * to_points
+        start = lab.radius + LABEL_GAP if lab.side == "left" else -width  # the box's left edge, from the point
+        boxes.append((x + start, x + start + width, y, height, height / 2 + (5 if lab.side == "left" else 1)))
+        starts.append(start)
+    for lab, text, box, start, dy in zip(order, texts, boxes, starts, label_offsets(boxes), strict=True):
+        shift = start if lab.side == "left" else 0.0  # a right-aligned text is anchored at its right edge
+        text.set_transform(offset_copy(lab.transform, fig, x=shift, y=dy, units="points"))
+        if abs(dy - box[4]) > box[3] / 2:
+            _leader(ax, lab, (min(max(0.0, start), start + box[1] - box[0]), dy - math.copysign(box[3] / 2, dy)))
+
+
+def _leader(ax, label: _PointLabel, end: tuple[float, float]) -> None:
+    """A thin line from the marker's edge to ``end`` (points from the label's point): which point a label that
+    had to move belongs to."""
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import Affine2D, ScaledTranslation
+
+    length = math.hypot(*end)
+    if length <= label.radius:
+        return
+    start = (end[0] * label.radius / length, end[1] * label.radius / length)
+    points = Affine2D().scale(1 / 72) + ax.figure.dpi_scale_trans + ScaledTranslation(*label.xy, label.transform)
+    ax.add_artist(Line2D([start[0], end[0]], [start[1], end[1]], transform=points, color="0.45", linewidth=0.6,
+                       clip_on=False))
 
 
 def pairwise_grid(rows: list[dict], comparisons: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -99,8 +99,15 @@ def json_text(value) -> str:
 
 
 # What each method costs, after its metrics: parameters, GFLOPs of one image at the evaluated size, training
-# time, inference images/s and the evaluation's peak memory (CUDA allocator, or process RSS on a CPU).
-COST_COLUMNS = ("params", "gflops", "train_time_s", "inference_img_per_s", "peak_memory_mib")
+# time, inference images/s and the evaluation's memory (see MEMORY_NOTE and rsseg.profiling.EvalMemory).
+COST_COLUMNS = ("params", "gflops", "train_time_s", "inference_img_per_s", "eval_memory_mib")
+# Under every table: the memory column is not the process's peak (on a CPU that is mostly Python, torch and the
+# data, the same for every method), so the note says what it is instead.
+MEMORY_NOTE = ("eval MiB: memory of the evaluation loop. CUDA: peak allocated by torch during evaluation "
+               "(torch.cuda.max_memory_allocated after a reset; weights and inputs included). CPU: peak RSS increase "
+               "over the process's RSS at evaluation start, after gc + malloc_trim; sampled every 2 ms where the "
+               "kernel's high-water mark cannot be reset. The CPU number misses freed memory the allocator kept "
+               "and reuses, and includes the batches the loop holds; data-loader workers are not counted.")
 
 
 def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
@@ -121,7 +128,7 @@ def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
     writer.writerows(rows)
     write_text_atomically(run_dir / "results.csv", table.getvalue())
 
-    head = ["method", *map(_label, metrics), "params (M)", "GFLOPs", "train (s)", "img/s", "peak MiB"]
+    head = ["method", *map(_label, metrics), "params (M)", "GFLOPs", "train (s)", "img/s", "eval MiB"]
     lines = [f"# rsseg bench: {meta['dataset']} ({meta['profile']} profile)", ""]
     if meta.get("synthetic"):
         lines += ["> **Synthetic data.** These numbers come from rsseg's synthetic twin of the dataset, "
@@ -148,6 +155,7 @@ def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
                  *(_fmt_plain(row.get(k)) for k in COST_COLUMNS[1:])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"{'†' * (i + 1)} {note}" for i, note in enumerate(notes)] if notes else []
+    lines += ["", MEMORY_NOTE]
     lines += interval_lines(rows, meta)
     lines += comparison_lines(rows)
     write_text_atomically(run_dir / "results.md", "\n".join(lines) + "\n")

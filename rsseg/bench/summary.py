@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from rsseg.extras import require
 from rsseg.tracking import wandb_mode, wandb_project
 
 PAIR_COLUMNS = ["a", "b", "difference", "low", "high", "flip_rate", "distinguishable"]  # bench.intervals' pairs
@@ -34,8 +35,7 @@ def _cell(value):
 def log_summary_run(run_dir: Path, rows: list[dict], meta: dict, manifest: dict, plots: list[Path],
                     tracking) -> None:
     """One W&B run (job type ``bench-summary``) in ``run_dir/wandb`` holding the comparison."""
-    import wandb
-
+    wandb = require("wandb", "wandb", "the bench's W&B summary run")
     config = {"bench": {k: v for k, v in meta.items() if k != "manifest"}, "manifest": manifest}
     run = wandb.init(project=wandb_project(), group=tracking.group, name=f"bench-{meta['dataset']}-summary",
                      job_type="bench-summary", tags=[*tracking.tags, "summary"], dir=str(run_dir),

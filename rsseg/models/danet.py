@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rsseg.extras import require
 from rsseg.models.lavt import DEFAULT_SWIN, DEFAULT_TEXT_ENCODER, LanguageAwareSwin, TextEncoder, TopDownDecoder
 
 
@@ -256,6 +257,7 @@ class DANet(nn.Module):
         agent_ffn_dim: int = 2048,
     ) -> None:
         super().__init__()
+        require("transformers", "refer", "DANet" if agent_alignment else "LAVT")  # fail here, not mid-build
         self.text_encoder = TextEncoder(text_encoder, text_pretrained, text_config, text_frozen,
                                         text_train_layers)
         self.encoder = LanguageAwareSwin(

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rsseg.extras import require
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -435,8 +437,9 @@ class IDGBR(nn.Module):
         repa_source: str = "unet",
     ) -> None:
         super().__init__()
-        from diffusers import DDIMScheduler
-
+        DDIMScheduler = require("diffusers", "idgbr", "IDGBR").DDIMScheduler
+        if pretrained:  # Stable Diffusion's CLIP text encoder gives the empty prompt's embedding
+            require("transformers", "idgbr", "IDGBR with pretrained Stable Diffusion")
         if repa_source not in ("unet", "guidance"):
             raise ValueError(f"repa_source must be 'unet' or 'guidance', got {repa_source!r}")
         self.unet, self.vae, context = _load_stable_diffusion(sd_model, pretrained, unet_config, vae_config)
@@ -551,10 +554,9 @@ class IDGBR(nn.Module):
 def _pretrained_schedule(sd_model: str) -> dict:
     """The noise schedule of ``sd_model``'s ``scheduler/scheduler_config.json`` (hub id or local folder; read
     only for pretrained models, from the same place as their weights)."""
-    from diffusers import DDIMScheduler
-
+    scheduler = require("diffusers", "idgbr", "IDGBR").DDIMScheduler
     try:
-        config = DDIMScheduler.load_config(sd_model, subfolder="scheduler")
+        config = scheduler.load_config(sd_model, subfolder="scheduler")
     except (OSError, ValueError) as error:
         raise OSError(
             f"cannot read the noise scheduler of {sd_model!r} ({error}); without internet it must already be in "
@@ -564,10 +566,9 @@ def _pretrained_schedule(sd_model: str) -> dict:
 
 
 def _load_vae(name_or_path: str) -> nn.Module:
-    from diffusers import AutoencoderKL
-
+    autoencoder = require("diffusers", "idgbr", "IDGBR").AutoencoderKL
     try:
-        return AutoencoderKL.from_pretrained(name_or_path)
+        return autoencoder.from_pretrained(name_or_path)
     except OSError as error:
         raise OSError(f"cannot load the VAE {name_or_path!r} ({error}); pass a local diffusers folder") from error
 
@@ -575,14 +576,14 @@ def _load_vae(name_or_path: str) -> nn.Module:
 def _load_stable_diffusion(sd_model: str, pretrained: bool, unet_config: dict | None,
                            vae_config: dict | None) -> tuple[nn.Module, nn.Module, Tensor]:
     """UNet, VAE and the empty prompt's CLIP embedding (1 × 77 × D) of Stable Diffusion."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
+    diffusers = require("diffusers", "idgbr", "IDGBR")
+    AutoencoderKL, UNet2DConditionModel = diffusers.AutoencoderKL, diffusers.UNet2DConditionModel
     if not pretrained:
         unet = UNet2DConditionModel(**(unet_config or SD15_UNET))
         vae = AutoencoderKL(**(vae_config or SD15_VAE))
         return unet, vae, torch.zeros(1, PROMPT_TOKENS, unet.config.cross_attention_dim)
-    from transformers import CLIPTextModel, CLIPTokenizer
-
+    transformers = require("transformers", "idgbr", "IDGBR with pretrained Stable Diffusion")
+    CLIPTextModel, CLIPTokenizer = transformers.CLIPTextModel, transformers.CLIPTokenizer
     try:
         unet = UNet2DConditionModel.from_pretrained(sd_model, subfolder="unet")
         vae = AutoencoderKL.from_pretrained(sd_model, subfolder="vae")

@@ -64,7 +64,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         from rsseg.pretrained import load_transformers_model
 
-        self.model = load_transformers_model(name_or_path, pretrained, config, "text encoder")
+        self.model = load_transformers_model(name_or_path, pretrained, config, "text encoder", "refer")
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # the pooled output is never used (LAVT: pooler=None)
         self.dim = self.model.config.hidden_size

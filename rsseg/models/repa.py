@@ -30,7 +30,7 @@ class DinoPatchFeatures(nn.Module):
         super().__init__()
         from rsseg.pretrained import load_transformers_model
 
-        self.model = load_transformers_model(name_or_path, pretrained, config, "DINOv2")
+        self.model = load_transformers_model(name_or_path, pretrained, config, "DINOv2", "idgbr")
         self.model.requires_grad_(False).eval()
         self.patch = self.model.config.patch_size
         self.skip_tokens = 1 + getattr(self.model.config, "num_register_tokens", 0)  # [CLS] and registers

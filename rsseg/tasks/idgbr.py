@@ -19,6 +19,7 @@ from lightning import LightningModule
 from lightning.pytorch.strategies import FSDPStrategy
 
 from rsseg.checkpoints import read_checkpoint
+from rsseg.extras import require
 from rsseg.models.idgbr import IDGBR, LabelEmbedding, sample_timesteps
 from rsseg.models.repa import DEFAULT_DINO, DinoPatchFeatures, RepaProjector, repa_loss
 from rsseg.models.sliding_window import sliding_window_logits
@@ -97,14 +98,14 @@ class LatentAutoencoderTask(LightningModule):
     def __init__(self, label_embedding: str, num_classes: int | None = None, vae_config: dict | None = None,
                  kl_weight: float = 1e-6, lr: float = 1e-3, export: str | None = None) -> None:
         super().__init__()
-        from diffusers import AutoencoderKL
-
         from rsseg.models.idgbr import SD15_VAE
+
+        autoencoder = require("diffusers", "idgbr", "IDGBR's label autoencoder").AutoencoderKL
 
         if num_classes is None:
             raise ValueError("num_classes must be set (the CLI fills it in from the datamodule)")
         self.save_hyperparameters()
-        self.vae = AutoencoderKL(**(vae_config or SD15_VAE))
+        self.vae = autoencoder(**(vae_config or SD15_VAE))
         self.embedding = load_label_embedding(label_embedding, num_classes).requires_grad_(False)
         self._spreads: list[torch.Tensor] = []
 
@@ -175,6 +176,9 @@ class IDGBRTask(SegmentationTask):
 
     network_class = IDGBR
     net_open_arguments = 2  # the number of classes and the label embedding
+    segments_images = False  # its input is an image and a coarse map (rsseg infer refuses its checkpoints)
+    segments_images_reason = ("refines the coarse maps of another method: run rsseg infer with that method's "
+                              "checkpoint")
 
     def __init__(
         self,
@@ -213,6 +217,7 @@ class IDGBRTask(SegmentationTask):
         self.repa_projector: RepaProjector | None = None
         self._dino: DinoPatchFeatures | None = None  # kept out of the module tree: never checkpointed
         if repa_weight > 0 and repa_steps > 0:
+            require("transformers", "idgbr", "IDGBR's REPA (DINOv2 targets; repa_weight: 0 turns it off)")
             dim = _dino_dim(repa_model, repa_pretrained, repa_config)
             self.repa_projector = RepaProjector(self.net.repa_channels, dim, repa_hidden)
 
@@ -348,10 +353,9 @@ def _dino_dim(name: str, pretrained: bool, config: dict | None) -> int:
     """DINOv2's feature width without loading its weights (from ``config`` or the model's config file)."""
     if config is not None:
         return int(config["hidden_size"])
-    from transformers import AutoConfig
-
+    auto_config = require("transformers", "idgbr", "IDGBR's REPA").AutoConfig
     try:
-        return int(AutoConfig.from_pretrained(name).hidden_size)
+        return int(auto_config.from_pretrained(name).hidden_size)
     except OSError as error:
         raise OSError(f"cannot read the config of DINOv2 {name!r} ({error}); pass repa_config or a local folder, "
                       "or set repa_weight: 0") from error

@@ -337,6 +337,13 @@ class SegmentationTask(LightningModule):
                 "class_names": np.array(metrics.class_names, dtype=str), "ignore_index": np.array(self.ignore_index),
                 "exclude_from_mean": np.array(metrics.exclude_from_mean, dtype=np.int64)}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints carry how the datamodule fed the network (bands, scale, statistics, classes and colours),
+        so ``rsseg infer`` can read new imagery the same way without the training config."""
+        input_spec = getattr(self._datamodule(), "input_spec", None)
+        if input_spec is not None:
+            checkpoint["rsseg_input"] = input_spec()
+
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")
 

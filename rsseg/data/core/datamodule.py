@@ -95,6 +95,18 @@ class BaseDataModule(lightning.LightningDataModule):
         # a bad step fails now, not at the first batch; resolving draws no random number
         resolve_steps(train_transforms, crop_size, augment, self.spec.ignore_index, self.default_train_steps)
 
+    def input_spec(self) -> dict[str, Any]:
+        """What a trained model needs to read new imagery the way this datamodule fed it (``rsseg infer``; kept
+        in checkpoints as ``rsseg_input``): the bands, the raw pixel type and the scale that maps it to 0–1,
+        the per-band statistics applied after, and the classes with their colours (docs/inference.md)."""
+        return {
+            "dataset": self.spec.name, "protocol": self.spec.protocol, "classes": list(self.spec.classes),
+            "palette": [list(colour) for colour in self.spec.palette], "ignore_index": self.spec.ignore_index,
+            "in_channels": int(getattr(self, "in_channels", len(self.mean))), "bands": getattr(self, "bands", None),
+            "dtype": "uint8", "value_scale": 255.0, "mean": [float(m) for m in self.mean],
+            "std": [float(s) for s in self.std],
+        }
+
     def train_transform(self) -> A.Compose | None:
         """The seeded training pipeline: ``train_transforms``, or the dataset's default when None."""
         return build_train_transform(

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from rsseg.data.core.datamodule import BaseDataModule
 from rsseg.data.core.errors import DataError
 from rsseg.data.core.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise, seeded_compose
+from rsseg.extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +45,12 @@ LAVT_IMAGE_SIZE = 480
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str):
     """A Hugging Face tokenizer by hub id or local folder; cached, so splits share one instance."""
-    from transformers import AutoTokenizer  # heavy import, only when a dataset is built
-
     from rsseg.pretrained import resolve
 
+    # heavy import, only when a dataset is built
+    auto_tokenizer = require("transformers", "refer", "the referring datasets' tokenizer").AutoTokenizer
     try:
-        return AutoTokenizer.from_pretrained(resolve(name_or_path))
+        return auto_tokenizer.from_pretrained(resolve(name_or_path))
     except (OSError, ValueError) as error:
         raise DataError(
             f"cannot load tokenizer {name_or_path!r} ({type(error).__name__}: {error}); without internet "

@@ -51,6 +51,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rsseg.extras import require
+
 __all__ = ["CSCP", "CSCPInfo", "as_distribution", "cscp_energy", "cscp_solve", "edge_weights",
            "felzenszwalb_superpixels"]
 
@@ -71,8 +73,7 @@ def felzenszwalb_superpixels(image: np.ndarray, scale: float = 40.0, sigma: floa
         raise ValueError(f"expected an H×W×3 RGB image, got shape {image.shape}")
     if image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    from skimage.segmentation import felzenszwalb
-
+    felzenszwalb = require("skimage.segmentation", "sdci", "SDCI's superpixels").felzenszwalb
     labels = felzenszwalb(image, scale=scale, sigma=sigma, min_size=min_size, channel_axis=-1)
     _, consecutive = np.unique(labels, return_inverse=True)
     return consecutive.reshape(labels.shape).astype(np.int64)

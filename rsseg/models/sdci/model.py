@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsseg.extras import require
 from rsseg.models.sdci.cscp import CSCP, as_distribution
 from rsseg.models.sdci.fusion import (
     align_attention,
@@ -27,6 +28,8 @@ from rsseg.models.sdci.fusion import (
 )
 from rsseg.models.sdci.semantic import SemanticBranch, clip_tokenizer, load_clip, text_embeddings
 from rsseg.models.sdci.structural import DINO_VERSIONS, StructuralBranch, load_dino
+
+SDCI_PACKAGES = ("open_clip", "transformers", "skimage")  # CLIP, DINO, CSCP's superpixels: rsseg[sdci]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -127,6 +130,8 @@ class SDCI(nn.Module):
         cscp: dict | None = None,
     ) -> None:
         super().__init__()
+        for module in SDCI_PACKAGES:  # all of them up front: missing one fails here, not at the first tile
+            require(module, "sdci", "SDCI")
         if dino_version not in DINO_VERSIONS:
             raise ValueError(f"dino_version must be one of {sorted(DINO_VERSIONS)}, got {dino_version!r}")
         if score_normalization not in SCORE_NORMALISATIONS:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsseg.extras import require
+
 ATTENTION_FUSIONS = ("paper", "released")
 
 
@@ -33,8 +35,7 @@ def load_clip(model_name: str = "ViT-L-14", pretrained: str | None = "openai", c
     ``quick_gelu``: OpenAI's CLIP weights were trained with QuickGELU (the released SDCI loads them through
     ``clip.load``); open_clip's ``ViT-L-14`` config uses nn.GELU unless forced. None = QuickGELU exactly when
     ``pretrained == "openai"`` (for ``config``: the config's own ``quick_gelu``)."""
-    import open_clip
-
+    open_clip = require("open_clip", "sdci", "SDCI")
     if config is not None:
         config = dict(config) if quick_gelu is None else {**config, "quick_gelu": quick_gelu}
         model = open_clip.model.CLIP(**config)
@@ -45,8 +46,7 @@ def load_clip(model_name: str = "ViT-L-14", pretrained: str | None = "openai", c
 
 
 def clip_tokenizer(model_name: str = "ViT-L-14"):
-    import open_clip
-
+    open_clip = require("open_clip", "sdci", "SDCI")
     return open_clip.get_tokenizer(model_name)
 
 

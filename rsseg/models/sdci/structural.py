@@ -23,7 +23,7 @@ def load_dino(name_or_path: str, pretrained: bool = True, config: dict | None = 
     attention maps (eager attention), frozen in eval mode."""
     from rsseg.pretrained import load_transformers_model
 
-    model = load_transformers_model(name_or_path, pretrained, config, "DINO", attn_implementation="eager")
+    model = load_transformers_model(name_or_path, pretrained, config, "DINO", "sdci", attn_implementation="eager")
     return model.requires_grad_(False).eval()
 
 
