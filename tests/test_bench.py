@@ -211,7 +211,16 @@ def test_bench_refsegrs_compares_lavt_and_danet_with_constant_masks(tiny_refsegr
     assert target["mIoU"] == pytest.approx(np.mean(shares), abs=1e-6)
     assert target["Pr@0.5"] == pytest.approx(np.mean([s >= 0.5 for s in shares]))
 
+    stages = payload["meta"]["stages"]  # where the time went: every stage, together the run's wall time
+    names = [row["stage"] for row in stages["rows"]]
+    assert names[:2] == ["data", "reference rows"] and names[-2:] == ["plots", "W&B summary"]
+    for method in ("lavt", "danet"):
+        assert {f"{method}: build", f"{method}: fit", f"{method}: test"} <= set(names)
+    covered = sum(row["wall_s"] for row in stages["rows"])
+    assert 0.95 * stages["wall_s"] <= covered <= stages["wall_s"]
+    assert all(row["status"] == "done" and row["cpu_s"] >= 0 for row in stages["rows"])
     table = (run / "results.md").read_text()
+    assert "## Where the time went" in table and "| lavt: fit |" in table
     assert "| method | oIoU | mIoU | Pr@0.5 | Pr@0.6 | Pr@0.7 | Pr@0.8 | Pr@0.9 | params (M) |" in table
     assert "mF1" not in table and "| all background | 0.00 | 0.00 |" in table
     assert [r["method"] for r in csv.DictReader(open(run / "results.csv"))] == list(rows)

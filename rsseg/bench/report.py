@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from rsseg.bench.stages import stage_lines
 from rsseg.data.synthetic.files import write_text_atomically
 from rsseg.paper_numbers import comparison_lines
 
@@ -158,6 +159,8 @@ def write_report(run_dir: Path, rows: list[dict], meta: dict) -> None:
     lines += ["", MEMORY_NOTE]
     lines += interval_lines(rows, meta)
     lines += comparison_lines(rows)
+    if meta.get("stages"):
+        lines += ["", *stage_lines(meta["stages"])]
     write_text_atomically(run_dir / "results.md", "\n".join(lines) + "\n")
 
 

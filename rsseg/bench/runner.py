@@ -22,6 +22,7 @@ from rsseg.bench.refine import RefinerStages, write_coarse_maps
 from rsseg.bench.report import COST_COLUMNS, constant_mask_rows, json_text, majority_class_row, write_report
 from rsseg.bench.runs import Tracking, announce, close_failed_run, fit_and_test
 from rsseg.bench.sources import resolve_prepared_root
+from rsseg.bench.stages import StageClock, duration, previous_stage_times, stage, stage_lines
 from rsseg.bench.summary import log_summary_run
 from rsseg.data.synthetic.files import write_text_atomically
 from rsseg.errors import original_message
@@ -43,7 +44,8 @@ def run_method(method: str, config: Path, plan: BenchPlan, root: Path, run_dir: 
     row, cli, best, samples = fit_and_test(name, args, run_dir, tracking, plan.evaluate)
     if coarse_maps is not None:
         announce(method, "writing coarse maps for the refiner")
-        write_coarse_maps(cli, best, method, coarse_maps)
+        with stage(f"{name}: coarse maps"):
+            write_coarse_maps(cli, best, method, coarse_maps)
     return {"method": method, "configs": [str(f) for f in plan.config_files(method)], **row}, samples
 
 
@@ -236,16 +238,21 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
     the report.
     """
     plan = load_plan(dataset, profile, methods)
-    source = resolve_prepared_root(dataset, data_root, Path(cache), plan.prepare)
-    if source.synthetic:
-        print(SYNTHETIC_BANNER.format(dataset=dataset), flush=True)
-    with Interrupts() as interrupts:
-        references = reference_rows(plan, source.prepared)
+    clock = StageClock(previous_stage_times(Path(out) / dataset, profile))
+    if clock.previous:
+        print(f"the last {profile} bench of {dataset} took {duration(sum(clock.previous.values()))}", flush=True)
+    with clock.running(), Interrupts() as interrupts:
+        with stage("data"):
+            source = resolve_prepared_root(dataset, data_root, Path(cache), plan.prepare)
+        if source.synthetic:
+            print(SYNTHETIC_BANNER.format(dataset=dataset), flush=True)
+        with stage("reference rows"):
+            references = reference_rows(plan, source.prepared)
         inherited = bool(os.environ.get(RUN_DIR_ENV))  # a DDP rank: the launching rank owns the folder
         run_dir = shared_run_dir(Path(out) / dataset)
         try:
             progress = _run_plan(plan, source, run_dir, profile, references, interrupts, list(lightning_args),
-                                 list(refiner_args), list(refiner_stage_args), seeds)
+                                 list(refiner_args), list(refiner_stage_args), seeds, clock)
         except BaseException:
             if not inherited:
                 remove_if_empty(run_dir)
@@ -253,6 +260,8 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
         finally:
             if os.environ.get(RUN_DIR_ENV) == str(run_dir):
                 del os.environ[RUN_DIR_ENV]  # the next bench in this process gets a folder of its own
+    if rank_zero_only.rank == 0:
+        print("\n" + "\n".join(stage_lines(clock.summary())), flush=True)
     print(f"results: {run_dir}", flush=True)
     if progress.failed:
         raise BenchFailed(run_dir, progress.failed, total=len(progress.rows) - len(references))
@@ -290,6 +299,7 @@ class Progress:
     pending: list[str]
     interrupted: str | None = None
     failed: list[str] = field(default_factory=list)
+    clock: StageClock | None = None
 
     def add(self, row: dict) -> None:
         """Record a run's row (no longer pending), with the paper's numbers on real data, and write the tables."""
@@ -311,26 +321,32 @@ class Progress:
         """results.{json,csv,md} and manifest.json as they stand (``complete`` only for the final write)."""
         if rank_zero_only.rank != 0:
             return
-        self.meta |= {"complete": complete, "pending": [] if complete else list(self.pending)}
-        if self.interrupted:
-            self.meta["interrupted"] = self.interrupted
-        self.manifest["methods"] = manifest_methods(self.rows)
-        write_text_atomically(self.run_dir / "manifest.json", json_text(self.manifest))
-        add_intervals(self.rows, self.meta)  # recomputed as rows arrive: every row on the same resamples
-        write_report(self.run_dir, self.rows, self.meta)
+        with stage("tables"):
+            self.meta |= {"complete": complete, "pending": [] if complete else list(self.pending)}
+            if self.interrupted:
+                self.meta["interrupted"] = self.interrupted
+            if self.clock is not None:
+                self.meta["stages"] = self.clock.summary()
+            self.manifest["methods"] = manifest_methods(self.rows)
+            write_text_atomically(self.run_dir / "manifest.json", json_text(self.manifest))
+            add_intervals(self.rows, self.meta)  # recomputed as rows arrive: every row on the same resamples
+            write_report(self.run_dir, self.rows, self.meta)
 
 
 def _run_plan(plan: BenchPlan, source, run_dir: Path, profile: str, references: list[dict],
               interrupts: Interrupts, lightning_args: list[str], refiner_args: list[str],
-              refiner_stage_args: list[str], seeds: list[int] | None = None) -> Progress:
+              refiner_stage_args: list[str], seeds: list[int] | None = None,
+              clock: StageClock | None = None) -> Progress:
     """Every method of ``plan`` (and its refinement) in ``run_dir``, the tables rewritten after each, then on
     rank 0 the plots and the W&B summary; the rows and which failed. Raises KeyboardInterrupt (after writing
     the tables) when interrupted."""
     dataset = plan.dataset
     tracking = Tracking(group=dataset, tags=(f"bench-{run_dir.name}", f"profile-{profile}"))
-    progress = Progress(run_dir, bench_meta(plan, source, profile), None, list(references), planned_rows(plan))
+    progress = Progress(run_dir, bench_meta(plan, source, profile), None, list(references), planned_rows(plan),
+                        clock=clock)
     if rank_zero_only.rank == 0:
-        progress.manifest = bench_manifest(plan, source, progress.rows)
+        with stage("manifest"):
+            progress.manifest = bench_manifest(plan, source, progress.rows)
         progress.meta |= {"device": progress.manifest["device"], "manifest": progress.manifest}
     progress.write()
 
@@ -368,9 +384,11 @@ def _run_plan(plan: BenchPlan, source, run_dir: Path, profile: str, references: 
 
     progress.write(complete=True)
     if rank_zero_only.rank == 0:  # under DDP every rank runs the bench; the first one reports
-        panel = qualitative_samples(samples)
-        plots = write_plots(run_dir, progress.rows, progress.meta, **panel)
-        log_summary_run(run_dir, progress.rows, progress.meta, progress.manifest, plots, tracking)
+        with stage("plots"):
+            plots = write_plots(run_dir, progress.rows, progress.meta, **qualitative_samples(samples))
+        with stage("W&B summary"):
+            log_summary_run(run_dir, progress.rows, progress.meta, progress.manifest, plots, tracking)
+        progress.write(complete=True)  # the stage table with the plots and the summary
     if source.synthetic:
         print(SYNTHETIC_BANNER.format(dataset=dataset), flush=True)
     return progress

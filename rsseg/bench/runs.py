@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rsseg.bench.stages import stage
 from rsseg.callbacks import InferenceProfiler, save_unit_records
 from rsseg.lightning_cli import build_cli
 from rsseg.models.baselines import count_parameters
@@ -41,7 +42,8 @@ def fit_and_test(name: str, args: list[str], run_dir: Path, tracking: Tracking, 
     its row, the CLI, the best checkpoint and its first evaluated samples (an ``EvaluationSamples``).
     A training-free model (``training_free = True``) is only evaluated; a model's ``bench_note`` (e.g.
     "random weights") goes into the row."""
-    cli = _build(name, args, run_dir, tracking)
+    with stage(f"{name}: build"):
+        cli = _build(name, args, run_dir, tracking)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     profiler = InferenceProfiler(evaluate)
     trainer.callbacks.append(profiler)
@@ -50,19 +52,21 @@ def fit_and_test(name: str, args: list[str], run_dir: Path, tracking: Tracking, 
     if not getattr(model, "training_free", False):
         announce(name, "training")
         start = time.perf_counter()
-        trainer.fit(model, datamodule=data)
+        with stage(f"{name}: fit"):
+            trainer.fit(model, datamodule=data)
         train_seconds = round(time.perf_counter() - start, 2)
         saved = trainer.checkpoint_callback
         # the ranked checkpoint, else (no validation within the run) the last one: the weights tested
         best = (saved.best_model_path or saved.last_model_path) if saved else ""
     announce(name, "testing" if evaluate == "test" else "validating")
     run = trainer.test if evaluate == "test" else trainer.validate
-    [metrics] = run(model, datamodule=data, ckpt_path=best or None)
-    trainer.callbacks.remove(profiler)
-    _close_loggers(trainer)
     prefix = "test/" if evaluate == "test" else "val/"
     key = prefix.rstrip("/")
-    per_unit = str(save_unit_records(trainer, model, (key,), run_dir / name).get(key, ""))
+    with stage(f"{name}: {'test' if evaluate == 'test' else 'validate'}"):
+        [metrics] = run(model, datamodule=data, ckpt_path=best or None)
+        trainer.callbacks.remove(profiler)
+        _close_loggers(trainer)
+        per_unit = str(save_unit_records(trainer, model, (key,), run_dir / name).get(key, ""))
     row = {
         **{k.removeprefix(prefix): float(v) for k, v in metrics.items() if k.startswith(prefix)},
         **({"note": model.bench_note} if getattr(model, "bench_note", None) else {}),
@@ -84,10 +88,12 @@ def fit_and_test(name: str, args: list[str], run_dir: Path, tracking: Tracking, 
 
 def fit_stage(name: str, args: list[str], run_dir: Path, tracking: Tracking) -> str:
     """Fit a preliminary stage (no test); its best checkpoint, else its last one, else ""."""
-    cli = _build(name, args, run_dir, tracking)
+    with stage(f"{name}: build"):
+        cli = _build(name, args, run_dir, tracking)
     announce(name, "training")
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    _close_loggers(cli.trainer)
+    with stage(f"{name}: fit"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        _close_loggers(cli.trainer)
     callback = cli.trainer.checkpoint_callback
     return (callback.best_model_path or callback.last_model_path) if callback else ""
 
