@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,46 @@ def test_the_estimates_come_from_the_newest_complete_run_of_the_profile(tmp_path
 
 def test_durations_read_naturally():
     assert [duration(s) for s in (3.14, 42.4, 65, 3599.6)] == ["3.1 s", "42 s", "1 min 05 s", "60 min 00 s"]
+
+
+def test_the_refiners_stages_are_fitted_once_per_arguments_data_and_code(tmp_path, monkeypatch):
+    from rsseg.bench import refine
+    from rsseg.bench.plan import load_plan
+    from rsseg.bench.runs import Tracking
+
+    fitted = []
+
+    def fake_fit_stage(name, args, run_dir, tracking):
+        fitted.append(name)
+        if name.endswith("label-embedding"):
+            path = run_dir / name / "last.ckpt"
+            path.parent.mkdir(parents=True)
+            path.write_text(f"weights of {len(fitted)}")
+            return str(path)
+        export = Path(args[args.index("--model.init_args.export") + 1])
+        export.mkdir(parents=True)
+        (export / "config.json").write_text("{}")
+        return ""
+
+    monkeypatch.setattr(refine, "fit_stage", fake_fit_stage)
+    plan = load_plan("potsdam", "smoke")
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "manifest.json").write_text('{"patches": 1}')
+
+    def shared(run: str, stage_args=()):
+        stages = refine.RefinerStages(plan, root, tmp_path / run, Tracking("g"), stage_args=list(stage_args),
+                                      cache=tmp_path / "cache")
+        args = stages.shared_args("unetformer")
+        return args[args.index("--model.init_args.label_embedding") + 1], args[-1]
+
+    embedding, vae = shared("run1")
+    assert fitted == ["idgbr-label-embedding", "idgbr-vae"]
+    assert Path(embedding).read_text() == "weights of 1" and (Path(vae) / "config.json").is_file()
+    assert str(tmp_path / "cache" / "refiner_stages") in embedding and str(tmp_path / "run1") not in vae
+    assert shared("run2") == (embedding, vae) and len(fitted) == 2  # reused: nothing fitted again
+    other = shared("run3", ["--trainer.max_steps", "7"])  # other arguments: fitted again, kept apart
+    assert len(fitted) == 4 and other[0] != embedding and Path(embedding).read_text() == "weights of 1"
+    (root / "manifest.json").write_text('{"patches": 2}')  # other data
+    shared("run4")
+    assert len(fitted) == 6

@@ -8,8 +8,10 @@ folder is left untouched), then IDGBR fitted and tested on them, reported as ``i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from rsseg.bench.plan import BenchPlan, merged_config
@@ -41,13 +43,29 @@ def write_coarse_maps(cli, checkpoint: str, name: str, output_root: Path) -> Pat
     return writer.folder
 
 
+def stage_key(args: list[str], root: Path) -> str:
+    """What a fitted stage depends on: its arguments with the text of every config file they name, the data
+    root's checksum, rsseg's code and the library versions; 16 hex digits."""
+    from rsseg.fingerprint import code_fingerprint
+    from rsseg.manifest import data_checksum, package_versions
+
+    files = {arg: Path(arg).read_text() for arg in args if arg.endswith((".yaml", ".yml")) and Path(arg).is_file()}
+    identity = (args, files, data_checksum(root), code_fingerprint(), package_versions())
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 class RefinerStages:
-    """IDGBR across one bench run: its shared stages fitted on first use, then one refined row per method."""
+    """IDGBR across one bench run: its shared stages fitted on first use, then one refined row per method.
+
+    With a ``cache`` folder, a fitted stage (the label embedding checkpoint, the VAE folder) is kept under
+    ``<cache>/refiner_stages/<stage>-<key>`` (:func:`stage_key`) and the next bench with the same stage
+    arguments, data and code reuses it instead of fitting it again, as prepared data is reused."""
 
     def __init__(self, plan: BenchPlan, root: Path, run_dir: Path, tracking: Tracking, refiner_args: list[str] = (),
-                 stage_args: list[str] = ()) -> None:
+                 stage_args: list[str] = (), cache: Path | None = None) -> None:
         self.plan, self.root, self.run_dir, self.tracking = plan, Path(root), Path(run_dir), tracking
         self.refiner_args, self.stage_args = list(refiner_args), list(stage_args)
+        self.cache = None if cache is None else Path(cache) / "refiner_stages"
         self.coarse_root = self.run_dir
         self._shared_args: list[str] | None = None
 
@@ -80,18 +98,52 @@ class RefinerStages:
         return self._shared_args
 
     def _fit_label_embedding(self) -> str:
-        checkpoint = fit_stage(f"{self.plan.refiner}-label-embedding",
-                                  [*self.plan.label_embedding_args(), *self.stage_args], self.run_dir, self.tracking)
-        if not checkpoint:
-            raise RuntimeError(f"the label embedding stage ({self.plan.label_embedding_configs[0]}) saved no "
-                               "checkpoint; give its config a ModelCheckpoint callback")
-        return checkpoint
+        name = f"{self.plan.refiner}-label-embedding"
+        args = [*self.plan.label_embedding_args(), *self.stage_args]
+
+        def fit() -> Path:
+            checkpoint = fit_stage(name, args, self.run_dir, self.tracking)
+            if not checkpoint:
+                raise RuntimeError(f"the label embedding stage ({self.plan.label_embedding_configs[0]}) saved no "
+                                   "checkpoint; give its config a ModelCheckpoint callback")
+            return Path(checkpoint)
+
+        return str(self._cached(name, args, "label_embedding.ckpt", fit))
 
     def _fit_vae(self, embedding: str, protocol: str) -> str:
-        export = self.run_dir / f"{self.plan.refiner}-vae" / "vae"
-        fit_stage(f"{self.plan.refiner}-vae", [*self.vae_args(embedding, protocol, export), *self.stage_args],
-                  self.run_dir, self.tracking)
-        return str(export)
+        name = f"{self.plan.refiner}-vae"
+        export = self.run_dir / name / "vae"
+        args = [*self.vae_args(embedding, protocol, export), *self.stage_args]
+        key_args = [a if a != str(export) else "<export>" for a in args]  # the run's own folder is no input
+
+        def fit() -> Path:
+            fit_stage(name, args, self.run_dir, self.tracking)
+            return export
+
+        return str(self._cached(name, key_args, "vae", fit))
+
+    def _cached(self, name: str, key_args: list[str], entry: str, fit) -> Path:
+        """``fit()``'s result (a file or folder), from the cache when a bench fitted it with the same inputs;
+        else fitted now and copied into the cache (whole, or not at all)."""
+        if self.cache is None:
+            return fit()
+        folder = self.cache / f"{name}-{stage_key(key_args, self.root)}"
+        if (folder / entry).exists():
+            log.info("%s: reusing %s (fitted by an earlier bench with the same arguments, data and code)",
+                     name, folder / entry)
+            print(f"==> rsseg bench: {name} — reused from {folder}", flush=True)
+            return folder / entry
+        result = fit()
+        staging = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        if result.is_dir():
+            shutil.copytree(result, staging / entry)
+        else:
+            shutil.copy2(result, staging / entry)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.replace(folder)
+        return folder / entry
 
     def vae_args(self, embedding: str, protocol: str, export: Path) -> list[str]:
         """The VAE stage of offline runs: ``LatentAutoencoderTask`` (the profile's ``refiner_vae``) on the

@@ -252,7 +252,7 @@ def run_bench(dataset: str, data_root: str | None = None, profile: str = "smoke"
         run_dir = shared_run_dir(Path(out) / dataset)
         try:
             progress = _run_plan(plan, source, run_dir, profile, references, interrupts, list(lightning_args),
-                                 list(refiner_args), list(refiner_stage_args), seeds, clock)
+                                 list(refiner_args), list(refiner_stage_args), seeds, clock, Path(cache))
         except BaseException:
             if not inherited:
                 remove_if_empty(run_dir)
@@ -336,7 +336,7 @@ class Progress:
 def _run_plan(plan: BenchPlan, source, run_dir: Path, profile: str, references: list[dict],
               interrupts: Interrupts, lightning_args: list[str], refiner_args: list[str],
               refiner_stage_args: list[str], seeds: list[int] | None = None,
-              clock: StageClock | None = None) -> Progress:
+              clock: StageClock | None = None, cache: Path | None = None) -> Progress:
     """Every method of ``plan`` (and its refinement) in ``run_dir``, the tables rewritten after each, then on
     rank 0 the plots and the W&B summary; the rows and which failed. Raises KeyboardInterrupt (after writing
     the tables) when interrupted."""
@@ -353,7 +353,7 @@ def _run_plan(plan: BenchPlan, source, run_dir: Path, profile: str, references: 
     samples: dict[str, object] = {}
     trainer_args = trainer_flags(lightning_args)  # devices, strategy, …: the refiner's runs take them too
     refiner = (RefinerStages(plan, source.prepared, run_dir, tracking, [*trainer_args, *refiner_args],
-                             [*trainer_args, *refiner_stage_args]) if plan.refiner else None)
+                             [*trainer_args, *refiner_stage_args], cache=cache) if plan.refiner else None)
     try:
         for i, (method, config) in enumerate(plan.configs.items(), 1):
             print(f"\n==> rsseg bench {dataset}: method {i}/{len(plan.configs)}: {method}", flush=True)
