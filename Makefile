@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATASET ?= potsdam
 PROFILE ?= smoke
 
-.PHONY: install test mutants bench lint clean
+.PHONY: install test mutants bench rehearse lint clean
 
 install: $(BIN)/rsseg
 
@@ -25,6 +25,15 @@ test: install
 # (about 20 s per mutant on 2 cores). GROUP=metrics|d2ls|danet|idgbr|sdci runs one group.
 mutants: install
 	$(BIN)/python -m tests.mutants.run $(if $(GROUP),--group $(call quote,$(GROUP)),)
+
+# Every pretrained loading path of the paper configs, offline, against a cache of RANDOM weights of the real
+# architectures (docs/rehearsal.md): writes the cache (about 12 GB, once), then runs the heavy rehearsal tests.
+REHEARSAL_CACHE ?= .cache/rehearsal
+rehearse: install
+	$(BIN)/rsseg rehearse-cache $(call quote,$(REHEARSAL_CACHE))
+	mkdir -p results && rm -f results/rehearsal.jsonl
+	RSSEG_REHEARSAL_CACHE=$(call quote,$(REHEARSAL_CACHE)) RSSEG_REHEARSAL_BIG=1 \
+		RSSEG_REHEARSAL_RECORDS=results/rehearsal.jsonl $(BIN)/python -m pytest -q -m heavy tests/test_rehearsal_*.py
 
 # make bench DATASET=potsdam|vaihingen|chn6cug|refsegrs|rrsisd|loveda|uavid [DATA_ROOT=…] [PROFILE=smoke|paper]
 #            [METHODS=unet,d2ls] [SEEDS=3] [DEVICES=2 STRATEGY=ddp]   (SEEDS=N: seeds 0…N-1 per method;

@@ -23,7 +23,7 @@ LIGHTNING_COMMANDS = {
     "test": "evaluate on the test split",
     "predict": "predict label maps",
 }
-OWN_COMMANDS = ("prepare", "synth", "bench", "export", "infer")
+OWN_COMMANDS = ("prepare", "synth", "bench", "export", "infer", "rehearse-cache")
 # Dataset names, written out so that parsing and --help import nothing heavy (tests/test_cli.py pins them to
 # rsseg.data.registry): every dataset has a datamodule and a synthetic twin; these are cut into patches first.
 DATASETS = ("chn6cug", "loveda", "potsdam", "refsegrs", "rrsisd", "uavid", "vaihingen")
@@ -89,6 +89,16 @@ def _build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--probabilities", action="store_true",
                        help="also write <name>_prob.tif: one band per class, probability × 255 as uint8")
     infer.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, … (default: cuda when available)")
+
+    rehearse = sub.add_parser(
+        "rehearse-cache", help="write random-weight copies of every pretrained model, to rehearse offline",
+        description="Write a Hugging Face hub cache holding RANDOMLY INITIALISED weights of the real architectures "
+        "of every pretrained model the configs name, in the hub's layout and file names, so that every loading "
+        "path can be rehearsed with HF_HOME=DIR HF_HUB_OFFLINE=1 (make rehearse). Never use it for results. "
+        "See docs/rehearsal.md.")
+    rehearse.add_argument("dir", help="the folder to use as HF_HOME")
+    rehearse.add_argument("--only", type=lambda text: text.split(","), metavar="REPO,…",
+                          help="only these repositories (hub ids)")
 
     bench = sub.add_parser(
         "bench", help="train and test every applicable method; write a comparison",
@@ -272,10 +282,9 @@ def lightning_help(command: str) -> str:
     from pathlib import Path
 
     from rsseg import __version__
+    from rsseg.fingerprint import code_fingerprint
 
-    package = Path(__file__).resolve().parent
-    sources = sorted((str(p.relative_to(package)), p.stat().st_mtime_ns, p.stat().st_size)
-                     for p in package.rglob("*.py"))
+    sources = code_fingerprint()
     versions = []
     for name in ("lightning", "jsonargparse", "torch"):
         try:
@@ -334,6 +343,12 @@ def _run_command(args: argparse.Namespace) -> int:
               "MiB); test it with rsseg test --config <its config> --ckpt_path " + args.out)
     elif args.command == "infer":
         return _infer(args)
+    elif args.command == "rehearse-cache":
+        from rsseg.rehearsal.cache import write_cache
+
+        for record in write_cache(args.dir, args.only):
+            print(f"{record['status']:>8} {record['bytes'] / 2**20:9.1f} MiB  {record['repo_id']}")
+        print(f"{args.dir}: a rehearsal cache (random weights); use it with HF_HOME={args.dir} HF_HUB_OFFLINE=1")
     elif args.command == "synth":
         from rsseg.data.synthetic import write_synthetic
 

@@ -1,0 +1,1 @@
+"""The rehearsal cache: every pretrained path rsseg uses, with random weights, offline (docs/rehearsal.md)."""
