@@ -44,7 +44,7 @@ PROBE = """
 import json, timm, torch, segmentation_models_pytorch as smp
 from safetensors.torch import load_file
 from rsseg.rehearsal import d2ls_baselines as family
-from rsseg.rehearsal.common import state_matches
+from rsseg.rehearsal.common import cached_file, state_matches
 
 name = "convnext_atto.d2_in1k"
 backbone = timm.create_model(name, pretrained=True, features_only=True, out_indices=(0, 1, 2, 3))
@@ -54,7 +54,7 @@ fresh = timm.create_model(name, pretrained=False, features_only=True, out_indice
 timm_fresh = state_matches(expected, fresh.state_dict())
 settings = family.smp_settings("resnet18", "imagenet")
 net = smp.create_model("unet", encoder_name="resnet18", encoder_weights="imagenet", classes=6)
-saved = load_file(family._cached(settings["repo_id"], "model.safetensors", settings["revision"]))
+saved = load_file(cached_file(settings["repo_id"], "model.safetensors", settings["revision"]))
 not_set = sorted(set(backbone.state_dict()) - set(expected))
 print(json.dumps({"timm": timm_match, "unplaced": unplaced, "timm_not_set": not_set,
                   "timm_fresh_differ": len(timm_fresh["differ"]), "smp": state_matches(saved, net.encoder.state_dict()),

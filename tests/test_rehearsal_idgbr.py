@@ -32,7 +32,8 @@ from rsseg.models.idgbr import IDGBR
 from rsseg.models.repa import DinoPatchFeatures
 from rsseg.rehearsal.common import state_matches
 from rsseg.rehearsal.hub import snapshot
-from rsseg.rehearsal.idgbr import DINO_REPO, SD_REPO, ConvertedTensors, SafetensorsTensors, tokenizer_agreement
+from rsseg.rehearsal.common import SafetensorsTensors
+from rsseg.rehearsal.idgbr import DINO_REPO, SD_REPO, ConvertedTensors, tokenizer_agreement
 from transformers import CLIPTokenizer
 
 home = os.environ["HF_HOME"]

@@ -18,9 +18,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("open_clip")
-pytest.importorskip("transformers")
-
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("RSSEG_REHEARSAL_CACHE", REPO / ".cache" / "rehearsal"))
 SDCI_REPOS = ["timm/vit_large_patch14_clip_224.openai", "facebook/dinov2-with-registers-base", "facebook/dino-vitb8"]
@@ -30,7 +27,8 @@ LIGHT_CHILD = textwrap.dedent("""
     from open_clip import pretrained
     from rsseg.models.sdci.semantic import load_clip
     from rsseg.models.sdci.structural import load_dino
-    from rsseg.rehearsal.sdci import (SafetensorsFile, RenamedKeys, _cache_file, _load_proof, transformers_renamer,
+    from rsseg.rehearsal.common import SafetensorsTensors, cached_file
+    from rsseg.rehearsal.sdci import (RenamedKeys, _load_proof, transformers_renamer,
                                       open_clip_hub, CLIP_REPO)
     from tests.sdci_tiny import TINY_CLIP
 
@@ -40,13 +38,13 @@ LIGHT_CHILD = textwrap.dedent("""
         "openai": pretrained._pcfg(url="https://invalid.example/tiny.pt", hf_hub="rsseg-test/tiny-clip/",
                                    quick_gelu=True)}
     clip = load_clip("rsseg-tiny-clip", "openai")  # create_model: tag -> hub -> safetensors -> load_checkpoint
-    proof = {"clip": _load_proof(SafetensorsFile(_cache_file("rsseg-test/tiny-clip", "open_clip_model.safetensors")),
+    proof = {"clip": _load_proof(SafetensorsTensors(cached_file("rsseg-test/tiny-clip", "open_clip_model.safetensors")),
                                  clip),
              "quick_gelu": type(clip.visual.transformer.resblocks[0].mlp.gelu).__name__,
              "vitl14_openai_hub": list(open_clip_hub()), "clip_repo": CLIP_REPO}
     for name in ("rsseg-test/tiny-dinov2-reg", "rsseg-test/tiny-dino-v1"):
         dino = load_dino(name)
-        checkpoint = RenamedKeys(SafetensorsFile(_cache_file(name, "model.safetensors")), transformers_renamer(dino))
+        checkpoint = RenamedKeys(SafetensorsTensors(cached_file(name, "model.safetensors")), transformers_renamer(dino))
         proof[name] = {**_load_proof(checkpoint, dino), "class": type(dino).__name__}
     print(json.dumps(proof))
 """)

@@ -5,8 +5,9 @@ the comparison of a module's tensors with a checkpoint's."""
 from __future__ import annotations
 
 import io
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -22,8 +23,17 @@ def experiment(path: str) -> str:
     return str(REPO / "experiments" / path)
 
 
-def synthetic_root(dataset: str, work: Path, patch_size: int = 1024) -> Path:
-    """A root of ``dataset``'s synthetic twin under ``work`` (prepared into patches where the dataset is)."""
+def work_folder(family: str) -> Path:
+    """Where a family's checks keep their synthetic data and stage checkpoints (``RSSEG_REHEARSAL_WORK``, else
+    ``.cache/rehearsal-work``), reused by later runs."""
+    folder = Path(os.environ.get("RSSEG_REHEARSAL_WORK", REPO / ".cache" / "rehearsal-work")) / family
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def synthetic_root(dataset: str, work: Path, patch_size: int = 1024, protocol: str | None = None) -> Path:
+    """A root of ``dataset``'s synthetic twin under ``work`` (prepared into patches where the dataset is, with
+    ``protocol`` or the preparer's default)."""
     from rsseg.data.registry import PREPARERS
     from rsseg.data.synthetic import write_synthetic
 
@@ -32,10 +42,40 @@ def synthetic_root(dataset: str, work: Path, patch_size: int = 1024) -> Path:
         write_synthetic(dataset, raw, seed=0)
     if dataset not in PREPARERS:
         return raw
-    root = work / f"{dataset}_prepared"
-    if not root.exists():
-        PREPARERS[dataset](raw, root, patch_size=patch_size, progress=False)
+    root = work / (f"{dataset}_prepared" if protocol is None else f"{dataset}_{protocol}_{patch_size}")
+    if not (root / "manifest.json").exists():
+        PREPARERS[dataset](raw, root, patch_size=patch_size, progress=False,
+                           **({} if protocol is None else {"protocol": protocol}))
     return root
+
+
+def cached_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
+    """A file of the (offline) hub cache, resolved as the loaders resolve it."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id, filename, revision=revision))
+
+
+class SafetensorsTensors(Mapping):
+    """A safetensors file's tensors, read one at a time (memory-mapped; a 3.4 GB UNet is never held twice),
+    optionally only the keys ``keep`` accepts."""
+
+    def __init__(self, path: Path, keep: Callable[[str], bool] = lambda key: True) -> None:
+        from safetensors import safe_open
+
+        self._file = safe_open(str(path), framework="pt")
+        self._keys = [k for k in self._file.keys() if keep(k)]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._file.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 def printed_config(configs: Sequence[str], overrides: Sequence[str] = ()) -> dict:

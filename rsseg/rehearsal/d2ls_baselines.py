@@ -36,6 +36,7 @@ from pathlib import Path
 
 from rsseg.rehearsal.common import (
     REPO,
+    cached_file,
     experiment,
     fit_steps,
     paper_cli,
@@ -43,6 +44,7 @@ from rsseg.rehearsal.common import (
     printed_config,
     state_matches,
     synthetic_root,
+    work_folder,
 )
 from rsseg.rehearsal.registry import Entry
 
@@ -55,9 +57,6 @@ CONFIG_FOLDERS = ("d2ls", "unet", "deeplabv3plus", "segformer")
 # timm's features_only wrapper (FeatureListNet) keeps the stages and drops the classifier head: these
 # checkpoint tensors of convnext_base are documented as not loaded (timm features_only removes the head).
 CONVNEXT_HEAD = ("head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight")
-WORK = REPO / ".cache" / "rehearsal-work" / FAMILY
-
-
 # --- writers ---------------------------------------------------------------------------------------------------
 
 def timm_hub_id(model_name: str) -> str:
@@ -160,13 +159,6 @@ def config_pretrained_models() -> dict[str, set[str]]:
 
 # --- checks ----------------------------------------------------------------------------------------------------
 
-def _cached(repo_id: str, filename: str, revision: str | None = None) -> str:
-    """The file in the (offline) hub cache, as the loaders resolve it."""
-    from huggingface_hub import hf_hub_download
-
-    return hf_hub_download(repo_id, filename, revision=revision)
-
-
 def _timm_expected(model_name: str, backbone) -> tuple[dict, list[str]]:
     """The checkpoint's tensors as timm loads them into the features_only backbone: through the model's own
     ``checkpoint_filter_fn`` (what ``load_pretrained`` applies), then renamed as FeatureListNet flattens the
@@ -175,7 +167,7 @@ def _timm_expected(model_name: str, backbone) -> tuple[dict, list[str]]:
     from safetensors.torch import load_file
     from timm.models._registry import _model_to_module, get_arch_name
 
-    state = load_file(_cached(timm_hub_id(model_name), "model.safetensors"))
+    state = load_file(cached_file(timm_hub_id(model_name), "model.safetensors"))
     module = importlib.import_module(f"timm.models.{_model_to_module[get_arch_name(model_name)]}")
     filtered = module.checkpoint_filter_fn(state, backbone) if hasattr(module, "checkpoint_filter_fn") else state
     names = set(backbone.state_dict())
@@ -197,17 +189,8 @@ def _data_root(dataset: str, printed: dict) -> Path:
     split) gets its own folder prepared with that protocol, as the config's comment says to prepare it."""
     protocol = printed["data"]["init_args"].get("protocol")
     if dataset != "uavid" or protocol in (None, "official"):
-        return synthetic_root(dataset, WORK, patch_size=1024)
-    from rsseg.data.registry import PREPARERS
-    from rsseg.data.synthetic import write_synthetic
-
-    raw = WORK / f"{dataset}_raw"  # where synthetic_root writes it
-    if not raw.exists():
-        write_synthetic(dataset, raw, seed=0)
-    root = WORK / f"{dataset}_{protocol}_prepared"
-    if not root.exists():
-        PREPARERS[dataset](raw, root, patch_size=1024, protocol=protocol, progress=False)
-    return root
+        return synthetic_root(dataset, work_folder(FAMILY), patch_size=1024)
+    return synthetic_root(dataset, work_folder(FAMILY), patch_size=1024, protocol=protocol)
 
 
 def _versions() -> dict:
@@ -268,13 +251,13 @@ def smp_check(arch: str, dataset: str = "potsdam", steps: int = 2) -> dict:
         raise AssertionError(f"{arch}: printed config has pretrained={net.get('pretrained')!r}")
     weights = "imagenet"
     settings = smp_settings(net["backbone"], weights)
-    root = synthetic_root(dataset, WORK, patch_size=1024)
+    root = synthetic_root(dataset, work_folder(FAMILY), patch_size=1024)
     batch = MIN_TRAIN_BATCH.get(arch, 1)
     cli, load_s = paper_cli(configs, root, ["--data.init_args.batch_size", str(batch)])
     encoder = cli.model.net.model.encoder
     from safetensors.torch import load_file
 
-    expected = load_file(_cached(settings["repo_id"], "model.safetensors", settings["revision"]))
+    expected = load_file(cached_file(settings["repo_id"], "model.safetensors", settings["revision"]))
     matches = state_matches(expected, encoder.state_dict())
     not_from_checkpoint = sorted(set(encoder.state_dict()) - set(expected))
     if matches["missing"] or matches["differ"] or not_from_checkpoint:

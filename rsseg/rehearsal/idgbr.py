@@ -40,7 +40,16 @@ from pathlib import Path
 
 import torch
 
-from rsseg.rehearsal.common import REPO, experiment, fit_steps, parameters_m, printed_config, state_matches
+from rsseg.rehearsal.common import (
+    SafetensorsTensors,
+    experiment,
+    fit_steps,
+    parameters_m,
+    printed_config,
+    state_matches,
+    synthetic_root,
+    work_folder,
+)
 from rsseg.rehearsal.hub import snapshot
 from rsseg.rehearsal.registry import Entry
 
@@ -223,27 +232,6 @@ def entries() -> list[Entry]:
 
 
 # --- checks -------------------------------------------------------------------------------------------------
-WORK = REPO / ".cache" / "rehearsal_work" / "idgbr"
-
-
-class SafetensorsTensors(Mapping):
-    """A safetensors file's tensors, read one at a time (memory-mapped), optionally only the keys ``keep``
-    accepts: ``state_matches`` then holds one tensor at a time, not the 3.4 GB UNet."""
-
-    def __init__(self, path: Path, keep: Callable[[str], bool] = lambda key: True) -> None:
-        from safetensors import safe_open
-
-        self._file = safe_open(str(path), framework="pt")
-        self._keys = [k for k in self._file.keys() if keep(k)]
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self._file.get_tensor(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
 
 
 class ConvertedTensors(Mapping):
@@ -304,16 +292,9 @@ def potsdam_root() -> Path:
     """Synthetic Potsdam prepared as the paper config's root is (official protocol, 512² patches; RGB: the
     synthetic twin has no IR band), with a coarse map set: each mask rolled 7 px (ignored pixels → class 0)."""
     from rsseg.data.core.io import read_image, write_png
-    from rsseg.data.datasets.potsdam import prepare_potsdam
     from rsseg.data.refinement.coarse import COARSE_DIR, RECORD_FORMAT, RECORD_NAME
-    from rsseg.data.synthetic import write_synthetic
 
-    raw = WORK / "potsdam_raw"
-    if not (raw / "README_SYNTHETIC.txt").is_file():
-        write_synthetic("potsdam", raw, seed=0)
-    root = WORK / "potsdam_official_512"
-    if not (root / "manifest.json").is_file():
-        prepare_potsdam(raw, root, patch_size=512, protocol="official", progress=False)
+    root = synthetic_root("potsdam", work_folder("idgbr"), patch_size=512, protocol="official")
     folder = root / COARSE_DIR / COARSE_NAME
     if not (folder / RECORD_NAME).is_file():
         splits = {}
@@ -339,13 +320,14 @@ def label_embedding_checkpoint() -> tuple[Path, float]:
     initialisation (lr 1e-5 × 2 steps). Returns its path and the seconds the stage took."""
     from rsseg.lightning_cli import build_cli
 
-    ckpt = WORK / "label_embedding" / "checkpoints" / "last.ckpt"
+    folder = work_folder("idgbr") / "label_embedding"
+    ckpt = folder / "checkpoints" / "last.ckpt"
     if ckpt.is_file():
         return ckpt, 0.0
     started = time.perf_counter()
     build_cli(["fit", "--config", experiment(LABEL_EMBEDDING_CONFIG), "--trainer.max_steps", "2",
                "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--trainer.logger", "false",
-               "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(WORK / "label_embedding"),
+               "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(folder),
                "--trainer.enable_progress_bar", "false"])
     if not ckpt.is_file():
         raise FileNotFoundError(f"the label embedding stage wrote no {ckpt}")
@@ -367,7 +349,7 @@ def refiner_cli(root: Path, embedding: Path, overrides: list[str] = ()):
                      "--model.init_args.label_embedding", str(embedding), "--trainer.callbacks", "[]",
                      "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false",
                      "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
-                     "--trainer.default_root_dir", str(WORK / "runs"), *overrides], run=False)
+                     "--trainer.default_root_dir", str(work_folder("idgbr") / "runs"), *overrides], run=False)
     return cli, time.perf_counter() - started
 
 

@@ -31,7 +31,17 @@ from pathlib import Path
 
 import torch
 
-from rsseg.rehearsal.common import REPO, experiment, paper_cli, parameters_m, printed_config, state_matches
+from rsseg.rehearsal.common import (
+    SafetensorsTensors,
+    cached_file,
+    experiment,
+    paper_cli,
+    parameters_m,
+    printed_config,
+    state_matches,
+    synthetic_root,
+    work_folder,
+)
 from rsseg.rehearsal.registry import Entry
 
 CLIP_MODEL, CLIP_TAG = "ViT-L-14", "openai"
@@ -128,35 +138,6 @@ def entries() -> list[Entry]:
 
 # ----------------------------------------------------------------------------------------------- checks
 
-class SafetensorsFile(Mapping):
-    """A safetensors file's tensors, read one at a time (a 1.7 GB CLIP is never held twice)."""
-
-    def __init__(self, path: Path) -> None:
-        from safetensors import safe_open
-
-        self.path = path
-        self._file = safe_open(str(path), framework="pt")
-        self._keys = list(self._file.keys())
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self._keys:
-            raise KeyError(key)
-        return self._file.get_tensor(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-
-def _cache_file(repo_id: str, filename: str) -> Path:
-    """The file in the rehearsal cache (HF_HOME) as the hub client resolves it offline."""
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download(repo_id, filename))
-
-
 def _load_proof(checkpoint: Mapping[str, torch.Tensor], module: torch.nn.Module) -> dict:
     """state_matches of the checkpoint (keys as the library maps them: identity for open_clip's and
     transformers' base-model checkpoints here) against ``module``, plus the module's tensors the
@@ -174,7 +155,7 @@ def _clip_proof(net) -> dict:
     if repo_id != CLIP_REPO or filename is not None:
         raise AssertionError(f"open_clip now loads {CLIP_MODEL}/{CLIP_TAG} from {repo_id}/{filename or ''}: "
                              f"the rehearsal writes {CLIP_REPO}")
-    record = _load_proof(SafetensorsFile(_cache_file(repo_id, HF_SAFE_WEIGHTS_NAME)), net.clip)
+    record = _load_proof(SafetensorsTensors(cached_file(repo_id, HF_SAFE_WEIGHTS_NAME)), net.clip)
     blocks = net.clip.visual.transformer.resblocks
     record["quick_gelu"] = type(blocks[0].mlp.gelu).__name__
     return record
@@ -227,32 +208,11 @@ def transformers_renamer(model):
 
 def _dino_proof(net, repo_id: str) -> dict:
     dino = net.structural.dino
-    checkpoint = RenamedKeys(SafetensorsFile(_cache_file(repo_id, "model.safetensors")), transformers_renamer(dino))
+    checkpoint = RenamedKeys(SafetensorsTensors(cached_file(repo_id, "model.safetensors")), transformers_renamer(dino))
     record = _load_proof(checkpoint, dino)
     record["renamed_keys"] = sum(1 for new, old in checkpoint.names.items() if new != old)
     record["class"] = type(net.structural.dino).__name__
     return record
-
-
-def _official_potsdam(work: Path) -> Path:
-    """The synthetic Potsdam twin cut as the config's root (RGB, ``official`` protocol, 512² patches)."""
-    from rsseg.data.datasets.potsdam import prepare_potsdam
-    from rsseg.data.synthetic import write_synthetic
-
-    raw = work / "potsdam_raw"
-    if not raw.exists():
-        write_synthetic("potsdam", raw, seed=0)
-    root = work / f"potsdam_official_{CROP}"
-    if not (root / "manifest.json").exists():
-        prepare_potsdam(raw, root, patch_size=CROP, protocol="official", progress=False)
-    return root
-
-
-def _work() -> Path:
-    base = Path(os.environ.get("RSSEG_REHEARSAL_WORK", REPO / ".cache" / "rehearsal-work"))
-    folder = base / "sdci"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _printed_net(overrides: list[str]) -> dict:
@@ -302,7 +262,7 @@ def _sdci(dino_version: str, dino_repo: str) -> dict:
     record: dict = {"repos": [CLIP_REPO, dino_repo], "printed": _printed_net(version)}
     if record["printed"]["dino_version"] != dino_version:
         raise AssertionError(f"printed dino_version {record['printed']['dino_version']}, expected {dino_version}")
-    root = _official_potsdam(_work())
+    root = synthetic_root("potsdam", work_folder("sdci"), patch_size=CROP, protocol="official")
     cli, seconds = paper_cli([experiment(PAPER_CONFIG)], root, ["--trainer.limit_test_batches", "1", *version])
     net = cli.model.net
     record.update(load_s=round(seconds, 1), params_m=parameters_m(net), clip_params_m=parameters_m(net.clip),
