@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -189,8 +190,10 @@ def target_shares(root) -> list[float]:
 
 
 def test_bench_refsegrs_compares_lavt_and_danet_with_constant_masks(tiny_refsegrs, tmp_path):
+    started = time.perf_counter()
     run = run_bench("refsegrs", data_root=str(tiny_refsegrs), profile="smoke", out=str(tmp_path / "out"),
                     cache=str(tmp_path / "cache"), lightning_args=TINY_REFERRING_RUN)
+    wall = time.perf_counter() - started
     payload = json.loads((run / "results.json").read_text())
     assert payload["meta"]["task"] == "referring"
     assert payload["meta"]["data_root"] == str(tiny_refsegrs) and payload["meta"]["raw_root"] is None
@@ -217,7 +220,7 @@ def test_bench_refsegrs_compares_lavt_and_danet_with_constant_masks(tiny_refsegr
     for method in ("lavt", "danet"):
         assert {f"{method}: build", f"{method}: fit", f"{method}: test"} <= set(names)
     covered = sum(row["wall_s"] for row in stages["rows"])
-    assert 0.95 * stages["wall_s"] <= covered <= stages["wall_s"]
+    assert 0.95 * wall <= covered <= stages["wall_s"] <= wall  # the stages account for the run's wall time
     assert all(row["status"] == "done" and row["cpu_s"] >= 0 for row in stages["rows"])
     table = (run / "results.md").read_text()
     assert "## Where the time went" in table and "| lavt: fit |" in table

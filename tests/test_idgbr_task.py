@@ -214,6 +214,11 @@ def test_a_pretrained_refiner_without_a_label_embedding_checkpoint_is_an_error(m
     assert _task(repa_weight=0.0).net.label_embedding.num_classes == 3  # random-init networks: allowed
 
 
+def test_a_random_refiners_bench_row_says_what_it_is():
+    note = _task(inference_steps=3).bench_note  # tiny_idgbr_net: pretrained false
+    assert "random tiny diffusion UNet" in note and "sampled with 3 DDIM steps" in note
+
+
 def test_smoke_profile_allows_the_untrained_label_embedding_explicitly():
     import yaml
 

@@ -226,8 +226,9 @@ class IDGBRTask(SegmentationTask):
         """Why a bench row of this model says nothing about the method, if it does (a random tiny UNet)."""
         if not self.net_args.get("pretrained", True):
             return ("IDGBR from a random tiny diffusion UNet and VAE trained for a few dozen steps (offline smoke "
-                    "profile): the refiner has not learnt to denoise, so it scores below its coarse maps; the paper "
-                    "profile fine-tunes Stable Diffusion v1.5")
+                    f"profile), sampled with {self.hparams.inference_steps} DDIM steps: the refiner has not learnt "
+                    "to denoise, so it scores below its coarse maps; the paper profile fine-tunes Stable Diffusion "
+                    "v1.5 and samples with 25")
         return None
 
     def build_network(self, net: Callable[..., IDGBR]) -> IDGBR:
