@@ -165,7 +165,12 @@ def test_structural_branch_drops_cls_and_registers(config, size, prefix):
     dino = load_dino("tiny", pretrained=False, config=config)
     branch = StructuralBranch(dino)
     image = torch.randn(2, 3, size, size)
+    asked = []  # the branch keeps the last layer's attention only, not all N layers' (output_attentions)
+    spy = dino.register_forward_pre_hook(lambda m, args, kwargs: asked.append(kwargs.get("output_attentions")),
+                                         with_kwargs=True)
     out = branch(image)
+    spy.remove()
+    assert asked == [None]
     grid = size // config["patch_size"]
     assert out["grid"] == (grid, grid) and branch.prefix == prefix
     extra = {"interpolate_pos_encoding": True} if config["model_type"] == "vit" else {}

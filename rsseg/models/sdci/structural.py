@@ -46,8 +46,29 @@ class StructuralBranch(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, Any]:
         grid = (image.shape[-2] // self.patch_size, image.shape[-1] // self.patch_size)
         extra = {"interpolate_pos_encoding": True} if self.dino.config.model_type == "vit" else {}
-        out = self.dino(pixel_values=image, output_hidden_states=True, output_attentions=True, **extra)
+        last_attention = _last_attention_module(self.dino)
+        if last_attention is None:  # transformers < 5: attention weights only with output_attentions
+            out = self.dino(pixel_values=image, output_hidden_states=True, output_attentions=True, **extra)
+            last = out.attentions[-1]
+        else:  # only the last layer's weights are kept (all N: N × B × heads × (hw)² floats, ≈ 3 GB for v1)
+            captured = []
+            hook = last_attention.register_forward_hook(lambda module, args, output: captured.append(output[1]))
+            try:
+                out = self.dino(pixel_values=image, output_hidden_states=True, **extra)
+            finally:
+                hook.remove()
+            [last] = captured
         layers = torch.stack(out.hidden_states[1:], 1)  # the N blocks' outputs (index 0: the embeddings)
         features = self.dino.layernorm(layers)[:, :, self.prefix:]
-        attention = out.attentions[-1].mean(1)[:, self.prefix:, self.prefix:]
+        attention = last.mean(1)[:, self.prefix:, self.prefix:]
         return {"features": features, "attention": attention, "grid": grid}
+
+
+def _last_attention_module(dino: nn.Module) -> nn.Module | None:
+    """The last block's attention module, which in transformers ≥ 5 returns (output, weights) on every call
+    under eager attention; None where the model does not declare it (older transformers)."""
+    kind = (getattr(dino, "_can_record_outputs", None) or {}).get("attentions")
+    if not isinstance(kind, type):
+        return None
+    modules = [m for m in dino.modules() if isinstance(m, kind)]
+    return modules[-1] if modules else None
