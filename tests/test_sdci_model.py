@@ -180,6 +180,23 @@ def test_structural_branch_drops_cls_and_registers(config, size, prefix):
     torch.testing.assert_close(out["attention"], reference.attentions[-1].mean(1)[:, prefix:, prefix:])
 
 
+def test_structural_branch_without_recordable_attention_asks_for_all_layers():
+    """transformers < 5 declares no attention module to hook: the branch falls back to ``output_attentions``
+    and gives the same result."""
+    torch.manual_seed(0)
+    dino = load_dino("tiny", pretrained=False, config=TINY_DINO_V2)
+    image = torch.randn(1, 3, 70, 70)
+    hooked = StructuralBranch(dino)(image)
+    dino._can_record_outputs = {}
+    asked = []
+    dino.register_forward_pre_hook(lambda m, args, kwargs: asked.append(kwargs.get("output_attentions")),
+                                   with_kwargs=True)
+    fallback = StructuralBranch(dino)(image)
+    assert asked == [True]
+    torch.testing.assert_close(fallback["attention"], hooked["attention"])
+    torch.testing.assert_close(fallback["features"], hooked["features"])
+
+
 # --- CAF ---------------------------------------------------------------------------------------------
 def test_zero_shot_scores_keep_the_classes_after_a_softmax_over_all_rows():
     features = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
